@@ -1,1 +1,11 @@
-pub fn placeholder() {}
+//! The clustersync data plane: everything that reads from or writes to MongoDB.
+//!
+//! A worker claims tasks from the coordination store and runs them; every durable progress
+//! record it writes is fenced on its claim (see [`context`]).
+//!
+//! # Layout
+//!
+//! - [`error`]: the worker error type and the classification of MongoDB errors.
+//! - [`mongo`]: connections to both clusters, URI redaction, retry with backoff.
+//! - [`settings`]: data-plane tunables.
+//! - [`context`]: what an executor gets — clusters, fenced checkpoint writer, state, cancellation.
