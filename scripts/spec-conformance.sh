@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs MongoDB's unified-format specification tests against fake-mongod and
+# checks them against tests/spec-runner/expected-pass.txt.
+#
+# Needs the spec tests at ../shared/spec-tests next to the repository (or
+# SPEC_TESTS_DIR). Extra arguments go to spec-runner, e.g. --verbose,
+# --suite crud, --filter find, --uri mongodb://...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+spec_dir=${SPEC_TESTS_DIR:-../shared/spec-tests}
+if [ ! -d "$spec_dir" ]; then
+    echo "spec-conformance: ERROR: spec tests not found at $spec_dir" >&2
+    echo "spec-conformance: the MongoDB specification tests must be present as shared/spec-tests next to the repository (or set SPEC_TESTS_DIR)" >&2
+    exit 2
+fi
+spec_dir=$(cd "$spec_dir" && pwd)
+
+cargo build --release -p spec-runner --bin spec-runner
+exec "${CARGO_TARGET_DIR:-target}/release/spec-runner" \
+    --spec-dir "$spec_dir" \
+    --expected tests/spec-runner/expected-pass.txt \
+    "$@"
