@@ -220,6 +220,32 @@ pub fn check_requirements(reqs: Option<&Bson>, server: &ServerInfo) -> Result<()
     Err(first_reason.unwrap_or_else(|| "no requirement matched".into()))
 }
 
+/// Why no test of the file can run, if so (schema version or requirements).
+pub fn file_skip_reason(file: &TestFile, server: &ServerInfo) -> Option<String> {
+    match file.schema_version() {
+        None => return Some("invalid schemaVersion".into()),
+        Some((major, minor)) => {
+            let (smaj, smin) = SUPPORTED_SCHEMA;
+            if major != smaj || minor > smin {
+                return Some(format!("schemaVersion {major}.{minor} is not supported"));
+            }
+        }
+    }
+    check_requirements(file.doc.get("runOnRequirements"), server)
+        .err()
+        .map(|r| format!("requirement: {r}"))
+}
+
+/// Why one test cannot run (`skipReason` or its own requirements), if so.
+pub fn test_skip_reason(test: &Document, server: &ServerInfo) -> Option<String> {
+    if let Ok(reason) = test.get_str("skipReason") {
+        return Some(format!("skipReason: {reason}"));
+    }
+    check_requirements(test.get("runOnRequirements"), server)
+        .err()
+        .map(|r| format!("requirement: {r}"))
+}
+
 /// Server-parameter names any requirement in the files mentions.
 pub fn required_server_parameters(files: &[TestFile]) -> Vec<String> {
     fn scan(reqs: Option<&Bson>, out: &mut Vec<String>) {
@@ -317,6 +343,22 @@ mod tests {
             tests += loaded.iter().map(|f| f.tests().len()).sum::<usize>();
         }
         assert_eq!((files, tests), (250, 924));
+        // the README's count of tests runnable on a 7.0 replica set
+        let server = server();
+        let mut runnable = 0;
+        for suite in DEFAULT_SUITES {
+            for f in load_suite(&dir, suite).unwrap() {
+                if file_skip_reason(&f, &server).is_some() {
+                    continue;
+                }
+                runnable += f
+                    .tests()
+                    .iter()
+                    .filter(|t| test_skip_reason(t, &server).is_none())
+                    .count();
+            }
+        }
+        assert_eq!(runnable, 653);
     }
 
     #[test]
