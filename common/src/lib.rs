@@ -21,3 +21,12 @@ pub mod keys;
 pub mod model;
 pub mod namespace;
 pub mod time_constants;
+
+// Coordination store layer.
+pub mod claim;
+pub mod election;
+pub mod error;
+pub mod lease;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
