@@ -14,12 +14,14 @@
 //! - [`lease`], [`claim`], [`election`]: keepalive with self-fencing, fenced task claims and
 //!   leader election, written once over the store trait.
 //! - [`error`]: the store error type.
+//! - [`state_watch`]: a local, always-current copy of one store value (the state document).
 
 pub mod extjson;
 pub mod ids;
 pub mod keys;
 pub mod model;
 pub mod namespace;
+pub mod state_watch;
 pub mod time_constants;
 
 // Coordination store layer.
