@@ -130,9 +130,9 @@ pub async fn try_claim(
         Some(holder) => Ok(ClaimOutcome::HeldBy(holder.clone())),
         // The compare saw the key and the get in the same txn did not: impossible in one
         // atomic txn, so the backend is broken.
-        None => Err(StoreError::invalid_request(format!(
-            "claim txn on {claim_key} failed its compare but read no holder"
-        ))),
+        None => {
+            Err(StoreError::invalid_request(format!("claim txn on {claim_key} failed its compare but read no holder")))
+        }
     }
 }
 
@@ -178,11 +178,7 @@ pub async fn fenced_put(
 /// # Errors
 ///
 /// As [`fenced_txn`].
-pub async fn check_claim(
-    store: &dyn Store,
-    claim_key: &str,
-    token: FencingToken,
-) -> Result<(), ClaimError> {
+pub async fn check_claim(store: &dyn Store, claim_key: &str, token: FencingToken) -> Result<(), ClaimError> {
     match store.get(claim_key).await? {
         Some(kv) if kv.create_revision == token.0 => Ok(()),
         _ => Err(ClaimError::Fenced { claim_key: claim_key.to_string(), token }),
@@ -194,11 +190,7 @@ pub async fn check_claim(
 /// # Errors
 ///
 /// Store errors only: a claim that is already gone or held by someone else is `Ok(false)`.
-pub async fn release(
-    store: &dyn Store,
-    claim_key: &str,
-    token: FencingToken,
-) -> Result<bool, StoreError> {
+pub async fn release(store: &dyn Store, claim_key: &str, token: FencingToken) -> Result<bool, StoreError> {
     let txn = Txn::new().when([still_held(claim_key, token)]).and_then([TxnOp::delete(claim_key)]);
     let released = store.txn(txn).await?.succeeded;
     debug!(claim_key, %token, released, "claim release");

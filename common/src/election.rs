@@ -205,11 +205,7 @@ impl Election {
     }
 
     fn lease_lost(&self, reason: LeaseLostReason) -> ElectionError {
-        ElectionError::LeaseLost {
-            leader_key: self.leader_key.clone(),
-            lease: self.lease.lease_id(),
-            reason,
-        }
+        ElectionError::LeaseLost { leader_key: self.leader_key.clone(), lease: self.lease.lease_id(), reason }
     }
 
     fn become_leader(&self, token: FencingToken) -> FencingToken {
@@ -238,18 +234,17 @@ impl Election {
     /// case the caller simply tries again).
     async fn wait_for_vacancy(&self, holder: &KeyValue) -> Result<(), StoreError> {
         // From just after the revision we saw: a delete that happened since is delivered.
-        let mut events =
-            match self.store.watch_prefix(&self.leader_key, Some(holder.mod_revision + 1)).await {
-                Ok(events) => events,
-                Err(StoreError::Compacted { .. }) => return Ok(()),
-                Err(error) => return Err(error),
-            };
+        let mut events = match self.store.watch_prefix(&self.leader_key, Some(holder.mod_revision + 1)).await {
+            Ok(events) => events,
+            Err(StoreError::Compacted { .. }) => return Ok(()),
+            Err(error) => return Err(error),
+        };
         while let Some(batch) = events.next().await {
             match batch {
                 Ok(batch) => {
-                    let vacated = batch.iter().any(|event| {
-                        event.kv.key == self.leader_key && event.kind == WatchEventKind::Delete
-                    });
+                    let vacated = batch
+                        .iter()
+                        .any(|event| event.kv.key == self.leader_key && event.kind == WatchEventKind::Delete);
                     if vacated {
                         debug!(leader_key = %self.leader_key, "leader key deleted; campaigning");
                         return Ok(());
@@ -300,8 +295,7 @@ async fn wait_until_key_is_not_ours(store: &dyn Store, leader_key: &str, token: 
             while let Some(Ok(batch)) = events.next().await {
                 for event in &batch {
                     if event.kv.key == leader_key
-                        && (event.kind == WatchEventKind::Delete
-                            || event.kv.create_revision != token.0)
+                        && (event.kind == WatchEventKind::Delete || event.kv.create_revision != token.0)
                     {
                         return;
                     }
@@ -313,9 +307,7 @@ async fn wait_until_key_is_not_ours(store: &dyn Store, leader_key: &str, token: 
         tokio::time::sleep(MONITOR_RETRY).await;
         match store.get_prefix(leader_key).await {
             Ok((kvs, revision)) => {
-                let ours = kvs
-                    .iter()
-                    .any(|kv| kv.key == leader_key && kv.create_revision == token.0);
+                let ours = kvs.iter().any(|kv| kv.key == leader_key && kv.create_revision == token.0);
                 if !ours {
                     return;
                 }

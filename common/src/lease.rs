@@ -201,6 +201,9 @@ impl Shared {
     /// Flips to `Lost` once (the first reason wins) and cancels the token.
     fn mark_lost(&self, reason: LeaseLostReason) {
         let changed = self.state.send_if_modified(|state| {
+            // Cancelled while the state is write-locked, so whoever sees one signal and then
+            // looks at the other never finds them disagreeing.
+            self.lost.cancel();
             if state.is_alive() {
                 *state = LeaseState::Lost(reason);
                 true
@@ -208,7 +211,6 @@ impl Shared {
                 false
             }
         });
-        self.lost.cancel();
         if changed {
             match reason {
                 LeaseLostReason::Revoked | LeaseLostReason::Stopped => {
@@ -300,10 +302,7 @@ impl LeaseKeeper {
     /// # Errors
     ///
     /// As [`LeaseKeeper::start`].
-    pub async fn start_with(
-        store: Arc<dyn Store>,
-        options: LeaseKeeperOptions,
-    ) -> Result<Self, LeaseError> {
+    pub async fn start_with(store: Arc<dyn Store>, options: LeaseKeeperOptions) -> Result<Self, LeaseError> {
         options.validate()?;
         let ttl = options.ttl;
         // The grant is the first round trip: its send time starts the first deadline.
@@ -312,10 +311,7 @@ impl LeaseKeeper {
             Ok(Ok(lease_id)) => lease_id,
             Ok(Err(source)) => return Err(LeaseError::Grant { ttl, source }),
             Err(_) => {
-                let source = StoreError::unavailable(format!(
-                    "lease grant timed out after {:?}",
-                    options.rpc_timeout
-                ));
+                let source = StoreError::unavailable(format!("lease grant timed out after {:?}", options.rpc_timeout));
                 return Err(LeaseError::Grant { ttl, source });
             }
         };
@@ -328,20 +324,9 @@ impl LeaseKeeper {
             lost: CancellationToken::new(),
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(renew_loop(
-            store.clone(),
-            options,
-            shared.clone(),
-            stop.clone(),
-            sent_at,
-        ));
+        let task = tokio::spawn(renew_loop(store.clone(), options, shared.clone(), stop.clone(), sent_at));
         info!(lease = %lease_id, ttl_ms = ttl.as_millis() as u64, store = store.kind(), "lease granted");
-        Ok(LeaseKeeper {
-            handle: LeaseHandle { shared, state: state_receiver },
-            store,
-            stop,
-            task: Some(task),
-        })
+        Ok(LeaseKeeper { handle: LeaseHandle { shared, state: state_receiver }, store, stop, task: Some(task) })
     }
 
     /// The lease id.
@@ -493,11 +478,7 @@ mod tests {
 
     impl ScriptedStore {
         fn new(latency: Duration) -> Arc<Self> {
-            Arc::new(ScriptedStore {
-                behaviour: Mutex::new(Behaviour::Answer),
-                keepalives: AtomicU32::new(0),
-                latency,
-            })
+            Arc::new(ScriptedStore { behaviour: Mutex::new(Behaviour::Answer), keepalives: AtomicU32::new(0), latency })
         }
 
         fn set(&self, behaviour: Behaviour) {

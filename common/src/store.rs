@@ -190,18 +190,12 @@ impl Compare {
         match (&self.target, current) {
             // etcd: "always fail if comparing a value on a key that doesn't exist".
             (CompareTarget::Value(_), None) => false,
-            (CompareTarget::Value(target), Some(kv)) => {
-                self.op.holds(kv.value.as_slice(), target.as_slice())
-            }
+            (CompareTarget::Value(target), Some(kv)) => self.op.holds(kv.value.as_slice(), target.as_slice()),
             (CompareTarget::CreateRevision(target), kv) => {
                 self.op.holds(&kv.map_or(0, |kv| kv.create_revision), target)
             }
-            (CompareTarget::ModRevision(target), kv) => {
-                self.op.holds(&kv.map_or(0, |kv| kv.mod_revision), target)
-            }
-            (CompareTarget::Version(target), kv) => {
-                self.op.holds(&kv.map_or(0, |kv| kv.version), target)
-            }
+            (CompareTarget::ModRevision(target), kv) => self.op.holds(&kv.map_or(0, |kv| kv.mod_revision), target),
+            (CompareTarget::Version(target), kv) => self.op.holds(&kv.map_or(0, |kv| kv.version), target),
         }
     }
 }
@@ -333,9 +327,7 @@ fn validate_branch(ops: &[TxnOp]) -> Result<(), StoreError> {
         if let TxnOp::Put { key, .. } = op
             && !put_keys.insert(key.as_str())
         {
-            return Err(StoreError::invalid_request(format!(
-                "duplicate key {key:?} given in txn request"
-            )));
+            return Err(StoreError::invalid_request(format!("duplicate key {key:?} given in txn request")));
         }
     }
     for op in ops {
@@ -445,12 +437,7 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`StoreError::LeaseExpired`] if the lease does not exist.
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision, StoreError>;
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError>;
 
     /// Deletes one key; returns how many keys were deleted (0 or 1).
     async fn delete(&self, key: &str) -> Result<u64, StoreError>;
@@ -484,11 +471,7 @@ pub trait Store: Send + Sync + 'static {
     /// Events for keys under `prefix` with revision >= `start_revision` (None = from now).
     /// `StoreError::Compacted` if history is gone (the caller re-lists); it may come from this
     /// call or as the first item of the stream.
-    async fn watch_prefix(
-        &self,
-        prefix: &str,
-        start_revision: Option<Revision>,
-    ) -> Result<WatchStream, StoreError>;
+    async fn watch_prefix(&self, prefix: &str, start_revision: Option<Revision>) -> Result<WatchStream, StoreError>;
 
     /// Human-readable name for logs/progress: "embedded" or "etcd".
     fn kind(&self) -> &'static str;

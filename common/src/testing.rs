@@ -45,13 +45,7 @@ impl EtcdServer {
             .prefix("clustersync-etcd-")
             .tempdir()
             .expect("creating a temporary directory for etcd");
-        let mut server = EtcdServer {
-            binary,
-            client_port: free_port(),
-            peer_port: free_port(),
-            root,
-            child: None,
-        };
+        let mut server = EtcdServer { binary, client_port: free_port(), peer_port: free_port(), root, child: None };
         server.spawn_and_wait().await;
         server
     }
@@ -109,11 +103,7 @@ impl EtcdServer {
         let name = "clustersync-test";
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("creating the etcd log file");
+        let log = File::options().create(true).append(true).open(self.log_path()).expect("creating the etcd log file");
         let child = Command::new(&self.binary)
             .arg("--name")
             .arg(name)
@@ -140,9 +130,7 @@ impl EtcdServer {
             .stdout(log.try_clone().expect("duplicating the etcd log handle"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|error| {
-                panic!("starting {}: {error}", self.binary.display())
-            });
+            .unwrap_or_else(|error| panic!("starting {}: {error}", self.binary.display()));
         self.child = Some(child);
 
         let started = Instant::now();

@@ -86,10 +86,12 @@ async fn leased_keys_are_gone_after_reopen() {
     };
     assert!(token > claim_token);
 
-    // And the cleanup itself was durable: a third open finds the same state.
+    // The cleanup itself was durable, and the new claim (leased too) goes the same way.
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(store.revision(), last + 2);
+    assert_eq!(store.get("claims/1").await.unwrap(), None);
+    assert_eq!(store.get("plain").await.unwrap().unwrap().value, b"p");
+    assert_eq!(store.revision(), last + 3, "cleanup, new claim, cleanup");
 }
 
 #[tokio::test]
@@ -290,8 +292,7 @@ async fn measure_fenced_write_rate() {
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
         let claim_key = format!("claims/{writer:04}");
-        let ClaimOutcome::Claimed(token) =
-            claim::try_claim(&*store, &claim_key, b"me".to_vec(), lease).await.unwrap()
+        let ClaimOutcome::Claimed(token) = claim::try_claim(&*store, &claim_key, b"me".to_vec(), lease).await.unwrap()
         else {
             panic!("fresh claim");
         };

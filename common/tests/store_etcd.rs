@@ -121,10 +121,8 @@ async fn connecting_to_nothing_is_unavailable() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let endpoints = vec![format!("http://127.0.0.1:{port}")];
-    let error = EtcdStore::connect(&endpoints, EtcdStoreOptions::for_test())
-        .await
-        .err()
-        .expect("nothing listens there");
+    let error =
+        EtcdStore::connect(&endpoints, EtcdStoreOptions::for_test()).await.err().expect("nothing listens there");
     assert!(error.is_retryable(), "{error}");
     assert!(error.to_string().contains(&endpoints[0]), "names the endpoint: {error}");
 }

@@ -18,8 +18,8 @@ use crate::claim::{self, ClaimError, ClaimOutcome};
 use crate::election::{Election, ElectionError};
 use crate::lease::{LeaseKeeper, LeaseLostReason, LeaseState};
 use crate::store::{
-    Compare, CompareOp, KeyValue, Revision, Store, StoreError, Txn, TxnOp, TxnOpResponse,
-    WatchEvent, WatchEventKind, WatchStream, MAX_TXN_OPS,
+    Compare, CompareOp, KeyValue, MAX_TXN_OPS, Revision, Store, StoreError, Txn, TxnOp, TxnOpResponse, WatchEvent,
+    WatchEventKind, WatchStream,
 };
 
 /// Short lease TTL for the lease cases.
@@ -214,13 +214,9 @@ pub async fn txn_compares_every_target_and_op(store: Arc<dyn Store>, prefix: &st
     }
 
     // Several compares must all hold.
-    let both = Txn::new().when([
-        Compare::version(&key, Equal, 2),
-        Compare::create_revision(&missing, Equal, 0),
-    ]);
+    let both = Txn::new().when([Compare::version(&key, Equal, 2), Compare::create_revision(&missing, Equal, 0)]);
     assert!(store.txn(both).await.unwrap().succeeded);
-    let one_fails =
-        Txn::new().when([Compare::version(&key, Equal, 2), Compare::version(&missing, Equal, 1)]);
+    let one_fails = Txn::new().when([Compare::version(&key, Equal, 2), Compare::version(&missing, Equal, 1)]);
     assert!(!store.txn(one_fails).await.unwrap().succeeded);
 }
 
@@ -381,10 +377,8 @@ pub async fn watch_from_now(store: Arc<dyn Store>, prefix: &str) {
 
     let events = next_events(&mut watch, 4).await;
     assert!(events[0].revision() > before);
-    let summary: Vec<(WatchEventKind, &str, Revision)> = events
-        .iter()
-        .map(|event| (event.kind, &event.kv.key[prefix.len()..], event.revision()))
-        .collect();
+    let summary: Vec<(WatchEventKind, &str, Revision)> =
+        events.iter().map(|event| (event.kind, &event.kv.key[prefix.len()..], event.revision())).collect();
     assert_eq!(
         summary,
         [
@@ -592,9 +586,7 @@ pub async fn concurrent_cas_increments_lose_nothing(store: Arc<dyn Store>, prefi
                         ),
                         None => (0, Compare::create_revision(&counter, CompareOp::Equal, 0)),
                     };
-                    let txn = Txn::new()
-                        .when([guard])
-                        .and_then([TxnOp::put(&counter, (value + 1).to_string(), None)]);
+                    let txn = Txn::new().when([guard]).and_then([TxnOp::put(&counter, (value + 1).to_string(), None)]);
                     if store.txn(txn).await.unwrap().succeeded {
                         break;
                     }

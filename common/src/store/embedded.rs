@@ -30,6 +30,8 @@
 //! Leases live in memory only. On open, every key that was attached to a lease is deleted in
 //! one revision, as if the lease had expired while the process was down; with etcd the same
 //! happens once the TTL runs out. Claims therefore never outlive the process that made them.
+//! Lease deadlines follow the wall clock (`std::time::Instant`), not tokio's clock, so a test
+//! with `tokio::time::pause()` does not freeze them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -46,8 +48,8 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnOp, TxnOpResponse, TxnResponse,
-    WatchEvent, WatchEventKind, WatchStream, lease_ttl_seconds,
+    KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchEventKind,
+    WatchStream, lease_ttl_seconds,
 };
 
 /// How many events the store keeps for watches that start in the past. A watch from an older
@@ -110,10 +112,7 @@ impl Failure {
     fn to_error(&self) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
-            source: std::io::Error::new(
-                self.kind,
-                format!("the store stopped after a failed write: {}", self.message),
-            ),
+            source: std::io::Error::new(self.kind, format!("the store stopped after a failed write: {}", self.message)),
         }
     }
 }
@@ -202,18 +201,11 @@ impl State {
     }
 
     /// Writes `key` at `revision`, keeping the lease index and the size estimate in step.
-    fn apply_put(
-        &mut self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-        revision: Revision,
-    ) -> KeyValue {
+    fn apply_put(&mut self, key: &str, value: Vec<u8>, lease: Option<LeaseId>, revision: Revision) -> KeyValue {
         let new_size = entry_size(key, &value);
         let kv = match self.kvs.get_mut(key) {
             Some(existing) => {
-                self.live_bytes =
-                    self.live_bytes.saturating_sub(entry_size(key, &existing.value)) + new_size;
+                self.live_bytes = self.live_bytes.saturating_sub(entry_size(key, &existing.value)) + new_size;
                 if existing.lease != lease
                     && let Some(old) = existing.lease
                     && let Some(entry) = self.leases.get_mut(&old)
@@ -260,13 +252,7 @@ impl State {
         Some(removed)
     }
 
-    fn record_put(
-        &mut self,
-        changes: &mut Changes,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) {
+    fn record_put(&mut self, changes: &mut Changes, key: &str, value: Vec<u8>, lease: Option<LeaseId>) {
         changes.record.put(key, &value, lease);
         let kv = self.apply_put(key, value, lease, changes.revision);
         changes.events.push(WatchEvent { kind: WatchEventKind::Put, kv });
@@ -408,9 +394,7 @@ impl State {
                     }
                     TxnOpResponse::Delete { deleted }
                 }
-                TxnOp::Get { key } => {
-                    TxnOpResponse::Get { kvs: self.kvs.get(&key).cloned().into_iter().collect() }
-                }
+                TxnOp::Get { key } => TxnOpResponse::Get { kvs: self.kvs.get(&key).cloned().into_iter().collect() },
                 TxnOp::GetPrefix { prefix } => {
                     TxnOpResponse::Get { kvs: self.range_prefix(&prefix).cloned().collect() }
                 }
@@ -459,6 +443,9 @@ impl EmbeddedStore {
     /// replays the log (truncating a torn tail), and deletes the keys of leases that did not
     /// survive the restart.
     ///
+    /// Blocking file IO (reads the whole log); call it at startup, or from
+    /// `spawn_blocking` inside a busy runtime.
+    ///
     /// # Errors
     ///
     /// [`StoreError::AlreadyOpen`] if another process (or another handle in this process)
@@ -489,12 +476,8 @@ impl EmbeddedStore {
         state.revision = snapshot_revision;
 
         let wal_path = dir.join(WAL_FILE);
-        let mut wal_file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&wal_path)
-            .map_err(io_error(&wal_path))?;
+        let mut wal_file =
+            OpenOptions::new().read(true).append(true).create(true).open(&wal_path).map_err(io_error(&wal_path))?;
         let mut wal_bytes = Vec::new();
         wal_file.read_to_end(&mut wal_bytes).map_err(io_error(&wal_path))?;
         let replay = codec::replay_wal(&wal_path, &wal_bytes, snapshot_revision, &mut state)?;
@@ -508,13 +491,13 @@ impl EmbeddedStore {
             wal_file.set_len(replay.valid_len).map_err(io_error(&wal_path))?;
             wal_file.sync_all().map_err(io_error(&wal_path))?;
         }
-        let mut wal = Wal { wal_path, snapshot_path, dir: dir.to_path_buf(), file: wal_file, len: replay.valid_len, _lock: lock };
+        let mut wal =
+            Wal { wal_path, snapshot_path, dir: dir.to_path_buf(), file: wal_file, len: replay.valid_len, _lock: lock };
 
         // Leases do not survive a restart: delete every leased key now, in one revision, as if
         // the leases had expired while the process was down. This is what makes a claim held
         // by the previous incarnation claimable again, like with etcd after the TTL.
-        let leased: Vec<String> =
-            state.kvs.values().filter(|kv| kv.lease.is_some()).map(|kv| kv.key.clone()).collect();
+        let leased: Vec<String> = state.kvs.values().filter(|kv| kv.lease.is_some()).map(|kv| kv.key.clone()).collect();
         if !leased.is_empty() {
             let mut changes = Changes::new(state.revision + 1);
             for key in &leased {
@@ -546,12 +529,8 @@ impl EmbeddedStore {
     fn start(state: State, wal: Option<Wal>) -> Self {
         let durable_revision = state.durable_revision;
         let (durable, _) = watch::channel(Durability { revision: durable_revision, failure: None });
-        let inner = Arc::new(Inner {
-            persistent: state.persistent,
-            state: Mutex::new(state),
-            wake: Condvar::new(),
-            durable,
-        });
+        let inner =
+            Arc::new(Inner { persistent: state.persistent, state: Mutex::new(state), wake: Condvar::new(), durable });
         let thread_inner = inner.clone();
         let maintenance = std::thread::Builder::new()
             .name("clustersync-store".into())
@@ -586,12 +565,9 @@ fn maintenance_loop(inner: &Inner, mut wal: Option<Wal>) {
 
         if !state.pending.batches.is_empty() && state.failure.is_none() {
             let pending = std::mem::take(&mut state.pending);
-            let image = wal
-                .as_ref()
-                .filter(|wal| wal.needs_compaction(pending.wal.len() as u64, state.live_bytes))
-                .map(|_| codec::SnapshotImage {
-                    revision: state.revision,
-                    entries: state.kvs.values().cloned().collect(),
+            let image =
+                wal.as_ref().filter(|wal| wal.needs_compaction(pending.wal.len() as u64, state.live_bytes)).map(|_| {
+                    codec::SnapshotImage { revision: state.revision, entries: state.kvs.values().cloned().collect() }
                 });
             // Disk work happens without the lock: callers keep applying (and queueing) new
             // mutations meanwhile, which is what makes the next sync a group commit.
@@ -606,19 +582,14 @@ fn maintenance_loop(inner: &Inner, mut wal: Option<Wal>) {
                     for batch in pending.batches {
                         state.publish(batch);
                     }
-                    inner.durable.send_replace(Durability {
-                        revision: pending.last_revision,
-                        failure: None,
-                    });
+                    inner.durable.send_replace(Durability { revision: pending.last_revision, failure: None });
                 }
                 Err(store_error) => {
                     error!(error = %store_error, "embedded store write failed; refusing further calls");
                     let failure = match &store_error {
-                        StoreError::Io { path, source } => Failure {
-                            path: path.clone(),
-                            kind: source.kind(),
-                            message: source.to_string(),
-                        },
+                        StoreError::Io { path, source } => {
+                            Failure { path: path.clone(), kind: source.kind(), message: source.to_string() }
+                        }
                         other => Failure {
                             path: PathBuf::new(),
                             kind: std::io::ErrorKind::Other,
@@ -626,10 +597,7 @@ fn maintenance_loop(inner: &Inner, mut wal: Option<Wal>) {
                         },
                     };
                     state.failure = Some(failure.clone());
-                    inner.durable.send_replace(Durability {
-                        revision: state.durable_revision,
-                        failure: Some(failure),
-                    });
+                    inner.durable.send_replace(Durability { revision: state.durable_revision, failure: Some(failure) });
                 }
             }
             continue;
@@ -769,12 +737,7 @@ impl Store for EmbeddedStore {
         Ok((kvs, revision))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision, StoreError> {
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let revision = {
             let mut state = self.inner.lock_for_call()?;
             if let Some(lease) = lease
@@ -840,10 +803,7 @@ impl Store for EmbeddedStore {
                     break candidate;
                 }
             };
-            state.leases.insert(
-                lease,
-                LeaseEntry { ttl, expires_at: Instant::now() + ttl, keys: BTreeSet::new() },
-            );
+            state.leases.insert(lease, LeaseEntry { ttl, expires_at: Instant::now() + ttl, keys: BTreeSet::new() });
             lease
         };
         // The maintenance thread must now wake up by this lease's deadline.
@@ -871,22 +831,13 @@ impl Store for EmbeddedStore {
         self.inner.settle(revision).await
     }
 
-    async fn watch_prefix(
-        &self,
-        prefix: &str,
-        start_revision: Option<Revision>,
-    ) -> Result<WatchStream, StoreError> {
+    async fn watch_prefix(&self, prefix: &str, start_revision: Option<Revision>) -> Result<WatchStream, StoreError> {
         let state = self.inner.lock_for_call()?;
         let next_revision = start_revision.unwrap_or(state.durable_revision + 1);
         if next_revision < state.history_start {
             return Err(StoreError::Compacted { revision: state.history_start });
         }
-        let backlog = state
-            .history
-            .iter()
-            .filter(|batch| batch.revision >= next_revision)
-            .cloned()
-            .collect();
+        let backlog = state.history.iter().filter(|batch| batch.revision >= next_revision).cloned().collect();
         // Subscribing under the state lock, where batches are also published, means the
         // backlog and the live feed neither overlap nor leave a gap.
         let receiver = state.events.subscribe();
@@ -950,12 +901,8 @@ impl WatchCursor {
                 continue;
             }
             self.next_revision = batch.revision + 1;
-            let events: Vec<WatchEvent> = batch
-                .events
-                .iter()
-                .filter(|event| event.kv.key.starts_with(&self.prefix))
-                .cloned()
-                .collect();
+            let events: Vec<WatchEvent> =
+                batch.events.iter().filter(|event| event.kv.key.starts_with(&self.prefix)).cloned().collect();
             if !events.is_empty() {
                 return Some(Ok(events));
             }
@@ -969,12 +916,7 @@ impl WatchCursor {
         if self.next_revision < state.history_start {
             return Err(StoreError::Compacted { revision: state.history_start });
         }
-        self.backlog = state
-            .history
-            .iter()
-            .filter(|batch| batch.revision >= self.next_revision)
-            .cloned()
-            .collect();
+        self.backlog = state.history.iter().filter(|batch| batch.revision >= self.next_revision).cloned().collect();
         self.receiver = state.events.subscribe();
         Ok(())
     }
@@ -1140,10 +1082,7 @@ mod codec {
             let op_count = reader.u32().map_err(|reason| corrupt(offset, reason))?;
             let apply = revision > snapshot_revision;
             if apply && revision <= state.revision {
-                return Err(corrupt(
-                    offset,
-                    format!("revision {revision} does not follow {}", state.revision),
-                ));
+                return Err(corrupt(offset, format!("revision {revision} does not follow {}", state.revision)));
             }
             for _ in 0..op_count {
                 let tag = reader.u8().map_err(|reason| corrupt(offset, reason))?;
@@ -1204,13 +1143,8 @@ mod codec {
 
     /// Loads a snapshot into an empty `state`; returns its revision. The snapshot is renamed
     /// into place whole, so any mismatch is corruption, not a torn write.
-    pub(super) fn load_snapshot(
-        path: &Path,
-        bytes: &[u8],
-        state: &mut State,
-    ) -> Result<Revision, StoreError> {
-        let corrupt =
-            |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
+    pub(super) fn load_snapshot(path: &Path, bytes: &[u8], state: &mut State) -> Result<Revision, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
         let mut header = Reader { bytes, position: 0 };
         if header.take(8).map_err(corrupt)? != SNAPSHOT_MAGIC {
             return Err(corrupt("not a clustersync snapshot (bad magic)".into()));
@@ -1232,10 +1166,7 @@ mod codec {
             let version = reader.i64().map_err(corrupt)?;
             let lease = lease_of(reader.i64().map_err(corrupt)?);
             state.live_bytes += super::entry_size(&key, &value);
-            state.kvs.insert(
-                key.clone(),
-                KeyValue { key, value, create_revision, mod_revision, version, lease },
-            );
+            state.kvs.insert(key.clone(), KeyValue { key, value, create_revision, mod_revision, version, lease });
         }
         if !reader.finished() {
             return Err(corrupt("trailing bytes after the last key".into()));
@@ -1273,7 +1204,7 @@ mod tests {
         assert_eq!(replay.valid_len, valid_len);
         assert_eq!(replay.records, 2);
         assert_eq!(state.revision, 2);
-        assert!(state.kvs.get("a").is_none());
+        assert!(!state.kvs.contains_key("a"));
         let b = state.kvs.get("b").unwrap();
         assert_eq!((b.create_revision, b.version, b.lease), (2, 1, Some(LeaseId(9))));
     }

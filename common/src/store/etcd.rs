@@ -18,9 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -28,9 +26,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{
-    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, Revision, Store, StoreError, Txn,
-    TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchEventKind, WatchStream,
-    lease_ttl_seconds,
+    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, WatchEvent, WatchEventKind, WatchStream, lease_ttl_seconds,
 };
 
 /// Largest gRPC message we accept from etcd. The tonic default (4 MiB) is below what one
@@ -112,10 +109,7 @@ impl EtcdStore {
     ///
     /// [`StoreError::Unavailable`] if no endpoint answers within the connect and request
     /// timeouts; [`StoreError::InvalidRequest`] for malformed endpoints or bad credentials.
-    pub async fn connect(
-        endpoints: &[String],
-        options: EtcdStoreOptions,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(endpoints: &[String], options: EtcdStoreOptions) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::invalid_request("no etcd endpoints given"));
         }
@@ -137,18 +131,12 @@ impl EtcdStore {
         )
         .await?
         .map_err(|error| map_error(&format!("connect to {joined}"), error))?;
-        let store = EtcdStore {
-            client,
-            options,
-            endpoints: endpoints.to_vec(),
-            keepalives: Mutex::new(HashMap::new()),
-        };
+        let store =
+            EtcdStore { client, options, endpoints: endpoints.to_vec(), keepalives: Mutex::new(HashMap::new()) };
         // The client connects lazily; one real round trip proves the endpoints work now.
         let mut maintenance = store.client.maintenance_client();
-        let status = store
-            .call("status", async move { maintenance.status().await })
-            .await
-            .map_err(|error| match error {
+        let status =
+            store.call("status", async move { maintenance.status().await }).await.map_err(|error| match error {
                 StoreError::Unavailable { reason } => {
                     StoreError::unavailable(format!("etcd at {joined} did not answer: {reason}"))
                 }
@@ -190,22 +178,16 @@ impl EtcdStore {
         keeper.keep_alive().await.map_err(|error| map_error("lease keepalive", error))?;
         match stream.message().await {
             Ok(Some(response)) => Ok(response.ttl()),
-            Ok(None) => Err(StoreError::unavailable(format!(
-                "keepalive stream of lease {lease} closed by etcd"
-            ))),
+            Ok(None) => Err(StoreError::unavailable(format!("keepalive stream of lease {lease} closed by etcd"))),
             Err(error) => Err(map_error("lease keepalive", error)),
         }
     }
 }
 
-async fn with_timeout<T>(
-    timeout: Duration,
-    operation: &str,
-    future: impl Future<Output = T>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, future).await.map_err(|_| {
-        StoreError::unavailable(format!("etcd {operation} timed out after {timeout:?}"))
-    })
+async fn with_timeout<T>(timeout: Duration, operation: &str, future: impl Future<Output = T>) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .map_err(|_| StoreError::unavailable(format!("etcd {operation} timed out after {timeout:?}")))
 }
 
 /// Maps an `etcd-client` error: anything a retry could fix becomes `Unavailable`.
@@ -224,24 +206,16 @@ fn map_error(operation: &str, error: etcd_client::Error) -> StoreError {
                 | Code::Aborted
                 | Code::ResourceExhausted
                 | Code::Unknown
-                | Code::Internal => {
-                    StoreError::unavailable(format!("etcd {operation} failed: {message}"))
-                }
+                | Code::Internal => StoreError::unavailable(format!("etcd {operation} failed: {message}")),
                 Code::OutOfRange if message.contains("compacted") => {
                     // The compact revision is not in the status; 0 means "unknown, re-list".
                     StoreError::Compacted { revision: 0 }
                 }
-                code => StoreError::invalid_request(format!(
-                    "etcd {operation} rejected ({code:?}): {message}"
-                )),
+                code => StoreError::invalid_request(format!("etcd {operation} rejected ({code:?}): {message}")),
             }
         }
-        Error::TransportError(error) => {
-            StoreError::unavailable(format!("etcd {operation} transport error: {error}"))
-        }
-        Error::IoError(error) => {
-            StoreError::unavailable(format!("etcd {operation} io error: {error}"))
-        }
+        Error::TransportError(error) => StoreError::unavailable(format!("etcd {operation} transport error: {error}")),
+        Error::IoError(error) => StoreError::unavailable(format!("etcd {operation} io error: {error}")),
         Error::WatchError(message) | Error::LeaseKeepAliveError(message) => {
             StoreError::unavailable(format!("etcd {operation} stream error: {message}"))
         }
@@ -257,8 +231,7 @@ fn map_error(operation: &str, error: etcd_client::Error) -> StoreError {
 fn map_lease_error(operation: &str, lease: LeaseId, error: etcd_client::Error) -> StoreError {
     match &error {
         etcd_client::Error::GRpcStatus(status)
-            if status.code() == tonic::Code::NotFound
-                || status.message().contains("lease not found") =>
+            if status.code() == tonic::Code::NotFound || status.message().contains("lease not found") =>
         {
             StoreError::LeaseExpired { lease }
         }
@@ -300,12 +273,8 @@ fn convert_compare(compare: Compare) -> etcd_client::Compare {
         CompareOp::Less => etcd_client::CompareOp::Less,
     };
     match compare.target {
-        CompareTarget::CreateRevision(revision) => {
-            etcd_client::Compare::create_revision(compare.key, op, revision)
-        }
-        CompareTarget::ModRevision(revision) => {
-            etcd_client::Compare::mod_revision(compare.key, op, revision)
-        }
+        CompareTarget::CreateRevision(revision) => etcd_client::Compare::create_revision(compare.key, op, revision),
+        CompareTarget::ModRevision(revision) => etcd_client::Compare::mod_revision(compare.key, op, revision),
         CompareTarget::Version(version) => etcd_client::Compare::version(compare.key, op, version),
         CompareTarget::Value(value) => etcd_client::Compare::value(compare.key, op, value),
     }
@@ -313,19 +282,13 @@ fn convert_compare(compare: Compare) -> etcd_client::Compare {
 
 fn convert_op(op: TxnOp) -> etcd_client::TxnOp {
     match op {
-        TxnOp::Put { key, value, lease } => etcd_client::TxnOp::put(
-            key,
-            value,
-            lease.map(|lease| PutOptions::new().with_lease(lease.0)),
-        ),
+        TxnOp::Put { key, value, lease } => {
+            etcd_client::TxnOp::put(key, value, lease.map(|lease| PutOptions::new().with_lease(lease.0)))
+        }
         TxnOp::Delete { key } => etcd_client::TxnOp::delete(key, None),
-        TxnOp::DeletePrefix { prefix } => {
-            etcd_client::TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))
-        }
+        TxnOp::DeletePrefix { prefix } => etcd_client::TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())),
         TxnOp::Get { key } => etcd_client::TxnOp::get(key, None),
-        TxnOp::GetPrefix { prefix } => {
-            etcd_client::TxnOp::get(prefix, Some(GetOptions::new().with_prefix()))
-        }
+        TxnOp::GetPrefix { prefix } => etcd_client::TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
     }
 }
 
@@ -340,24 +303,19 @@ impl Store for EtcdStore {
     async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let mut kv = self.kv();
         // etcd sorts a range by key, ascending, by default.
-        let response =
-            self.call("get prefix", kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let response = self.call("get prefix", kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
         Ok((convert_kvs(response.kvs())?, header_revision(response.header())))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision, StoreError> {
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let mut kv = self.kv();
         let options = lease.map(|lease| PutOptions::new().with_lease(lease.0));
-        let response = with_timeout(self.options.request_timeout, "put", kv.put(key, value, options))
-            .await?
-            .map_err(|error| match lease {
-                Some(lease) => map_lease_error("put", lease, error),
-                None => map_error("put", error),
+        let response =
+            with_timeout(self.options.request_timeout, "put", kv.put(key, value, options)).await?.map_err(|error| {
+                match lease {
+                    Some(lease) => map_lease_error("put", lease, error),
+                    None => map_error("put", error),
+                }
             })?;
         Ok(header_revision(response.header()))
     }
@@ -370,9 +328,7 @@ impl Store for EtcdStore {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let mut kv = self.kv();
-        let response = self
-            .call("delete prefix", kv.delete(prefix, Some(DeleteOptions::new().with_prefix())))
-            .await?;
+        let response = self.call("delete prefix", kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))).await?;
         Ok(response.deleted().unsigned_abs())
     }
 
@@ -388,12 +344,13 @@ impl Store for EtcdStore {
             .and_then(txn.success.into_iter().map(convert_op).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(convert_op).collect::<Vec<_>>());
         let mut kv = self.kv();
-        let response = with_timeout(self.options.request_timeout, "txn", kv.txn(request))
-            .await?
-            .map_err(|error| match first_lease {
-                Some(lease) => map_lease_error("txn", lease, error),
-                None => map_error("txn", error),
-            })?;
+        let response =
+            with_timeout(self.options.request_timeout, "txn", kv.txn(request)).await?.map_err(
+                |error| match first_lease {
+                    Some(lease) => map_lease_error("txn", lease, error),
+                    None => map_error("txn", error),
+                },
+            )?;
         let revision = header_revision(response.header());
         let responses = response
             .op_responses()
@@ -404,9 +361,7 @@ impl Store for EtcdStore {
                 etcd_client::TxnOpResponse::Delete(delete) => {
                     Ok(TxnOpResponse::Delete { deleted: delete.deleted().unsigned_abs() })
                 }
-                etcd_client::TxnOpResponse::Get(get) => {
-                    Ok(TxnOpResponse::Get { kvs: convert_kvs(get.kvs())? })
-                }
+                etcd_client::TxnOpResponse::Get(get) => Ok(TxnOpResponse::Get { kvs: convert_kvs(get.kvs())? }),
                 etcd_client::TxnOpResponse::Txn(_) => {
                     Err(StoreError::invalid_request("nested txn responses are not supported"))
                 }
@@ -417,13 +372,9 @@ impl Store for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let mut lease_client = self.client.lease_client();
-        let response =
-            self.call("lease grant", lease_client.grant(lease_ttl_seconds(ttl), None)).await?;
+        let response = self.call("lease grant", lease_client.grant(lease_ttl_seconds(ttl), None)).await?;
         if !response.error().is_empty() {
-            return Err(StoreError::invalid_request(format!(
-                "etcd lease grant failed: {}",
-                response.error()
-            )));
+            return Err(StoreError::invalid_request(format!("etcd lease grant failed: {}", response.error())));
         }
         Ok(LeaseId(response.id()))
     }
@@ -468,11 +419,7 @@ impl Store for EtcdStore {
         Ok(())
     }
 
-    async fn watch_prefix(
-        &self,
-        prefix: &str,
-        start_revision: Option<Revision>,
-    ) -> Result<WatchStream, StoreError> {
+    async fn watch_prefix(&self, prefix: &str, start_revision: Option<Revision>) -> Result<WatchStream, StoreError> {
         let (stream, next_revision) =
             open_watch(&self.client, prefix, start_revision, self.options.request_timeout).await?;
         let (sender, receiver) = mpsc::channel(64);
@@ -510,10 +457,7 @@ async fn open_watch(
         options = options.with_start_revision(revision);
     }
     let open = async {
-        let mut stream = watch_client
-            .watch(prefix, Some(options))
-            .await
-            .map_err(|error| map_error("watch", error))?;
+        let mut stream = watch_client.watch(prefix, Some(options)).await.map_err(|error| map_error("watch", error))?;
         let created = stream
             .message()
             .await
@@ -523,14 +467,10 @@ async fn open_watch(
             return Err(StoreError::Compacted { revision: created.compact_revision() });
         }
         if created.canceled() {
-            return Err(StoreError::invalid_request(format!(
-                "etcd refused the watch: {}",
-                created.cancel_reason()
-            )));
+            return Err(StoreError::invalid_request(format!("etcd refused the watch: {}", created.cancel_reason())));
         }
         // "From now" means after the revision etcd was at when it created the watch.
-        let next_revision =
-            start_revision.unwrap_or_else(|| header_revision(created.header()) + 1);
+        let next_revision = start_revision.unwrap_or_else(|| header_revision(created.header()) + 1);
         Ok((stream, next_revision))
     };
     with_timeout(timeout, "watch", open).await?
@@ -678,8 +618,7 @@ mod tests {
 
     #[test]
     fn options_parse_humantime_and_reject_unknown_fields() {
-        let options: EtcdStoreOptions =
-            serde_json::from_str(r#"{"request_timeout": "750ms"}"#).unwrap();
+        let options: EtcdStoreOptions = serde_json::from_str(r#"{"request_timeout": "750ms"}"#).unwrap();
         assert_eq!(options.request_timeout, Duration::from_millis(750));
         assert_eq!(options.connect_timeout, EtcdStoreOptions::default().connect_timeout);
         assert!(serde_json::from_str::<EtcdStoreOptions>(r#"{"timeout": "1s"}"#).is_err());
@@ -693,9 +632,8 @@ mod tests {
             "etcdserver: too many operations in txn request",
         ));
         assert!(matches!(map_error("txn", too_many), StoreError::InvalidRequest { .. }));
-        let lease_gone = etcd_client::Error::GRpcStatus(tonic::Status::not_found(
-            "etcdserver: requested lease not found",
-        ));
+        let lease_gone =
+            etcd_client::Error::GRpcStatus(tonic::Status::not_found("etcdserver: requested lease not found"));
         assert!(matches!(
             map_lease_error("put", LeaseId(3), lease_gone),
             StoreError::LeaseExpired { lease: LeaseId(3) }
