@@ -38,10 +38,7 @@ fn bracket(v: &Bson) -> u8 {
 
 /// True for int, long, double and decimal.
 pub fn is_number(v: &Bson) -> bool {
-    matches!(
-        v,
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_)
-    )
+    matches!(v, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
 }
 
 /// Converts a decimal to f64 through its string form (NaN if unparsable).
@@ -130,10 +127,7 @@ pub fn cmp_numbers(a: &Bson, b: &Bson) -> Ordering {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(x), None) => cmp_i64_f64(x, as_f64(b).unwrap_or(f64::NAN)),
         (None, Some(y)) => cmp_i64_f64(y, as_f64(a).unwrap_or(f64::NAN)).reverse(),
-        (None, None) => cmp_f64(
-            as_f64(a).unwrap_or(f64::NAN),
-            as_f64(b).unwrap_or(f64::NAN),
-        ),
+        (None, None) => cmp_f64(as_f64(a).unwrap_or(f64::NAN), as_f64(b).unwrap_or(f64::NAN)),
     }
 }
 
@@ -147,10 +141,7 @@ pub fn cmp_docs(a: &Document, b: &Document) -> Ordering {
             (None, Some(_)) => return Ordering::Less,
             (Some(_), None) => return Ordering::Greater,
             (Some((ka, va)), Some((kb, vb))) => {
-                let o = bracket(va)
-                    .cmp(&bracket(vb))
-                    .then_with(|| ka.cmp(kb))
-                    .then_with(|| compare(va, vb));
+                let o = bracket(va).cmp(&bracket(vb)).then_with(|| ka.cmp(kb)).then_with(|| compare(va, vb));
                 if o != Ordering::Equal {
                     return o;
                 }
@@ -177,9 +168,7 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
     }
     match (a, b) {
         _ if ra == 10 => cmp_numbers(a, b),
-        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => {
-            x.as_bytes().cmp(y.as_bytes())
-        }
+        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
         (Bson::Document(x), Bson::Document(y)) => cmp_docs(x, y),
         (Bson::Array(x), Bson::Array(y)) => cmp_arrays(x, y),
         (Bson::Binary(x), Bson::Binary(y)) => x
@@ -192,16 +181,14 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
         (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
         (Bson::DateTime(x), Bson::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
         (Bson::Timestamp(x), Bson::Timestamp(y)) => (x.time, x.increment).cmp(&(y.time, y.increment)),
-        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => x
-            .pattern
-            .cmp(&y.pattern)
-            .then_with(|| x.options.cmp(&y.options)),
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
+            x.pattern.cmp(&y.pattern).then_with(|| x.options.cmp(&y.options))
+        }
         (Bson::DbPointer(_), Bson::DbPointer(_)) => Ordering::Equal,
         (Bson::JavaScriptCode(x), Bson::JavaScriptCode(y)) => x.cmp(y),
-        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => x
-            .code
-            .cmp(&y.code)
-            .then_with(|| cmp_docs(&x.scope, &y.scope)),
+        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => {
+            x.code.cmp(&y.code).then_with(|| cmp_docs(&x.scope, &y.scope))
+        }
         _ => Ordering::Equal,
     }
 }
@@ -320,21 +307,12 @@ mod tests {
             Bson::String("a".into()),
             Bson::Document(Document::new()),
             Bson::Array(vec![]),
-            Bson::Binary(bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: vec![],
-            }),
+            Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![] }),
             Bson::ObjectId(ObjectId::new()),
             Bson::Boolean(false),
             Bson::DateTime(bson::DateTime::from_millis(0)),
-            Bson::Timestamp(bson::Timestamp {
-                time: 0,
-                increment: 0,
-            }),
-            Bson::RegularExpression(bson::Regex {
-                pattern: "a".into(),
-                options: "".into(),
-            }),
+            Bson::Timestamp(bson::Timestamp { time: 0, increment: 0 }),
+            Bson::RegularExpression(bson::Regex { pattern: "a".into(), options: "".into() }),
             Bson::MaxKey,
         ];
         for w in vals.windows(2) {

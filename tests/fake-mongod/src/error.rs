@@ -159,13 +159,7 @@ impl Error {
     /// Renders the error as a command reply body (without `$clusterTime`).
     pub fn to_reply(&self) -> Document {
         match self {
-            Error::Command {
-                code,
-                code_name,
-                msg,
-                labels,
-                extra,
-            } => {
+            Error::Command { code, code_name, msg, labels, extra } => {
                 let mut d = doc! { "ok": 0.0, "errmsg": msg.clone(), "code": *code, "codeName": code_name.clone() };
                 for (k, v) in extra {
                     d.insert(k.clone(), v.clone());
@@ -182,10 +176,7 @@ impl Error {
     /// Renders the error as a `writeErrors` entry.
     pub fn to_write_error(&self, index: usize) -> Document {
         let mut d = doc! { "index": index as i32, "code": self.code() };
-        if let Error::Command {
-            code_name, extra, ..
-        } = self
-        {
+        if let Error::Command { code_name, extra, .. } = self {
             d.insert("codeName", code_name.clone());
             for (k, v) in extra {
                 d.insert(k.clone(), v.clone());

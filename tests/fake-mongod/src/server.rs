@@ -1,0 +1,412 @@
+//! Listener, connections, shared server state and fault controls (drop connections,
+//! step-down, oplog truncation), plus the in-process handle [`FakeMongod`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use bson::{Document, doc};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::commands;
+use crate::commands::cursor::Cursor;
+use crate::failpoint::FailPoints;
+use crate::oplog::{Kind, Oplog, Pending};
+use crate::session::Sessions;
+use crate::storage::Catalog;
+use crate::wire;
+
+/// Server options.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Listen address (default "127.0.0.1").
+    pub host: String,
+    /// Port (0 = any free port).
+    pub port: u16,
+    /// Replica set name (default "rs0").
+    pub repl_set_name: String,
+    /// Oplog size bound in MB (default 192).
+    pub oplog_size_mb: u64,
+    /// Client application names treated as holding `bypassWriteBlockingMode`.
+    pub write_block_bypass_app_names: Vec<String>,
+    /// Interval of the idle no-op writer (default 10 s).
+    pub noop_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            host: "127.0.0.1".into(),
+            port: 0,
+            repl_set_name: "rs0".into(),
+            oplog_size_mb: 192,
+            write_block_bypass_app_names: vec!["clustersync".into()],
+            noop_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Mutable server state, guarded by one mutex that is never held across I/O.
+pub struct State {
+    /// Databases and collections.
+    pub catalog: Catalog,
+    /// The oplog.
+    pub oplog: Oplog,
+    /// Open cursors by id.
+    pub cursors: HashMap<i64, Cursor>,
+    /// Next cursor id.
+    pub next_cursor_id: i64,
+    /// Sessions and transactions.
+    pub sessions: Sessions,
+    /// Fail points.
+    pub failpoints: FailPoints,
+    /// `setUserWriteBlockMode` state.
+    pub write_blocked: bool,
+    /// While set and in the future, the node is a secondary.
+    pub stepped_down_until: Option<Instant>,
+    /// topologyVersion counter.
+    pub topology_counter: i64,
+    /// Current election id.
+    pub election_id: ObjectId,
+    /// Election term.
+    pub term: i64,
+    /// Last time anything was written to the oplog.
+    pub last_write: Instant,
+}
+
+impl State {
+    /// True while stepped down.
+    pub fn is_secondary(&self) -> bool {
+        self.stepped_down_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// Everything shared by connections.
+pub struct Shared {
+    /// Options.
+    pub opts: ServerOptions,
+    /// Bound port.
+    pub port: AtomicU16,
+    /// State.
+    pub state: Mutex<State>,
+    /// Woken on every oplog append.
+    pub oplog_notify: Notify,
+    /// Topology version counter changes.
+    pub topology_tx: watch::Sender<i64>,
+    /// Bumped to drop every connection.
+    pub kill_tx: watch::Sender<u64>,
+    /// Server process id (topologyVersion.processId).
+    pub process_id: ObjectId,
+    /// Connection id counter.
+    pub next_conn_id: AtomicI64,
+    /// Server start.
+    pub started: Instant,
+    /// Shutdown signal.
+    pub shutdown: Notify,
+}
+
+impl Shared {
+    /// Creates the shared state.
+    pub fn new(opts: ServerOptions) -> Arc<Shared> {
+        let mut oplog = Oplog::new((opts.oplog_size_mb.max(1) * 1024 * 1024) as usize);
+        oplog.append(
+            vec![Pending {
+                db: "".into(),
+                coll: "".into(),
+                uuid: None,
+                kind: Kind::Noop { msg: doc! {"msg": "initiating set"} },
+            }],
+            None,
+        );
+        let (topology_tx, _) = watch::channel(0);
+        let (kill_tx, _) = watch::channel(0);
+        Arc::new(Shared {
+            opts,
+            port: AtomicU16::new(0),
+            state: Mutex::new(State {
+                catalog: Catalog::default(),
+                oplog,
+                cursors: HashMap::new(),
+                next_cursor_id: 1,
+                sessions: Sessions::default(),
+                failpoints: FailPoints::default(),
+                write_blocked: false,
+                stepped_down_until: None,
+                topology_counter: 0,
+                election_id: ObjectId::new(),
+                term: 1,
+                last_write: Instant::now(),
+            }),
+            oplog_notify: Notify::new(),
+            topology_tx,
+            kill_tx,
+            process_id: ObjectId::new(),
+            next_conn_id: AtomicI64::new(1),
+            started: Instant::now(),
+            shutdown: Notify::new(),
+        })
+    }
+
+    /// "host:port" of this member.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.opts.host, self.port.load(Ordering::Relaxed))
+    }
+
+    /// Closes every open connection.
+    pub fn drop_all_connections(&self) {
+        self.kill_tx.send_modify(|g| *g += 1);
+        tracing::info!("dropping all connections");
+    }
+
+    /// Bumps the topology version and wakes awaitable hellos.
+    pub fn bump_topology(&self, st: &mut State) {
+        st.topology_counter += 1;
+        let c = st.topology_counter;
+        self.topology_tx.send_replace(c);
+    }
+
+    /// Steps down for `d`, then becomes primary again.
+    pub fn step_down(self: &Arc<Self>, d: Duration) {
+        {
+            let mut st = self.state.lock();
+            st.stepped_down_until = Some(Instant::now() + d);
+            self.bump_topology(&mut st);
+        }
+        tracing::info!(secs = d.as_secs_f64(), "stepping down");
+        self.drop_all_connections();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let mut st = me.state.lock();
+            if st.stepped_down_until.is_some_and(|t| Instant::now() >= t) {
+                st.stepped_down_until = None;
+                st.election_id = ObjectId::new();
+                st.term += 1;
+                me.bump_topology(&mut st);
+                tracing::info!("primary again");
+            }
+        });
+    }
+
+    /// Keeps only the newest oplog entry.
+    pub fn truncate_oplog(&self) {
+        self.state.lock().oplog.truncate();
+        tracing::info!("oplog truncated");
+    }
+
+    /// Appends pending operations (one optime each) and wakes change streams.
+    pub fn notify_oplog(&self) {
+        self.oplog_notify.notify_waiters();
+    }
+}
+
+/// Per-connection information.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// Connection id.
+    pub id: i64,
+    /// Peer address.
+    pub peer: String,
+    /// `client.application.name` from the handshake.
+    pub app_name: Option<String>,
+    /// Compressors negotiated in the handshake.
+    pub compressors: Vec<String>,
+    /// True if the connection may write while user writes are blocked.
+    pub bypass_write_block: bool,
+}
+
+async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, &mut rd);
+    let mut kill = shared.kill_tx.subscribe();
+    let mut conn = ConnInfo {
+        id: shared.next_conn_id.fetch_add(1, Ordering::Relaxed),
+        peer: peer.to_string(),
+        ..Default::default()
+    };
+    tracing::debug!(conn = conn.id, peer = %peer, "connection accepted");
+    loop {
+        let msg = tokio::select! {
+            _ = kill.changed() => break,
+            r = wire::read_message(&mut rd) => match r {
+                Ok(Some(m)) => m,
+                _ => break,
+            },
+        };
+        let out = tokio::select! {
+            _ = kill.changed() => break,
+            o = commands::handle_message(&shared, &mut conn, &msg) => o,
+        };
+        match out {
+            commands::Outcome::Reply(bytes) => {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            commands::Outcome::NoReply => {}
+            commands::Outcome::Close => break,
+        }
+    }
+    tracing::debug!(conn = conn.id, "connection closed");
+}
+
+async fn noop_writer(shared: Arc<Shared>) {
+    let interval = shared.opts.noop_interval.max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(interval).await;
+        let wrote = {
+            let mut st = shared.state.lock();
+            if st.last_write.elapsed() >= interval && !st.is_secondary() {
+                st.oplog.append(
+                    vec![Pending {
+                        db: "".into(),
+                        coll: "".into(),
+                        uuid: None,
+                        kind: Kind::Noop { msg: doc! {"msg": "periodic noop"} },
+                    }],
+                    None,
+                );
+                st.last_write = Instant::now();
+                true
+            } else {
+                false
+            }
+        };
+        if wrote {
+            shared.notify_oplog();
+        }
+    }
+}
+
+/// Binds and runs the server until `shared.shutdown` is notified.
+pub async fn run(shared: Arc<Shared>, listener: TcpListener) {
+    let noop = tokio::spawn(noop_writer(Arc::clone(&shared)));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.notified() => break,
+            r = listener.accept() => match r {
+                Ok((s, peer)) => {
+                    tokio::spawn(serve_conn(Arc::clone(&shared), s, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    noop.abort();
+    shared.drop_all_connections();
+}
+
+/// A running in-process server. Dropping it shuts the server down.
+pub struct FakeMongod {
+    shared: Arc<Shared>,
+    port: u16,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeMongod {
+    /// Starts the server on its own multi-threaded runtime in background threads.
+    pub fn start(opts: ServerOptions) -> std::io::Result<FakeMongod> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fake-mongod")
+            .enable_all()
+            .build()?;
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let std_listener = std::net::TcpListener::bind(&addr)?;
+        std_listener.set_nonblocking(true)?;
+        let port = std_listener.local_addr()?.port();
+        let shared = Shared::new(opts);
+        shared.port.store(port, Ordering::Relaxed);
+        let s2 = Arc::clone(&shared);
+        rt.spawn(async move {
+            match TcpListener::from_std(std_listener) {
+                Ok(l) => run(s2, l).await,
+                Err(e) => tracing::error!(error = %e, "cannot register listener"),
+            }
+        });
+        Ok(FakeMongod { shared, port, rt: Some(rt) })
+    }
+
+    /// Starts `rs0` on 127.0.0.1 with a free port.
+    pub fn start_default() -> std::io::Result<FakeMongod> {
+        Self::start(ServerOptions::default())
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mongodb://127.0.0.1:PORT/?replicaSet=rs0`.
+    pub fn uri(&self) -> String {
+        format!("mongodb://{}:{}/?replicaSet={}", self.shared.opts.host, self.port, self.shared.opts.repl_set_name)
+    }
+
+    /// `mongodb://127.0.0.1:PORT/?directConnection=true`.
+    pub fn direct_uri(&self) -> String {
+        format!("mongodb://{}:{}/?directConnection=true", self.shared.opts.host, self.port)
+    }
+
+    /// Closes every open connection now.
+    pub fn drop_all_connections(&self) {
+        self.shared.drop_all_connections();
+    }
+
+    /// Steps down for a while (writes fail with NotWritablePrimary), then becomes primary again.
+    pub fn step_down(&self, for_how_long: Duration) {
+        if let Some(rt) = &self.rt {
+            let s = Arc::clone(&self.shared);
+            let _g = rt.enter();
+            s.step_down(for_how_long);
+        }
+    }
+
+    /// Keeps only the newest oplog entry.
+    pub fn truncate_oplog(&self) {
+        self.shared.truncate_oplog();
+    }
+
+    /// Shared state (for white-box tests).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops the server.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.shutdown.notify_waiters();
+        self.shared.drop_all_connections();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for FakeMongod {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Helper for replies that need the current time as a BSON date.
+pub fn now_date() -> bson::DateTime {
+    bson::DateTime::now()
+}
+
+/// The empty document (used in a few replies).
+pub fn empty() -> Document {
+    Document::new()
+}
