@@ -230,31 +230,43 @@ impl Election {
         token
     }
 
-    /// Returns once `holder`'s key has been deleted (or the history to tell is gone, in which
-    /// case the caller simply tries again).
+    /// Returns once `holder`'s key has been deleted or replaced.
     async fn wait_for_vacancy(&self, holder: &KeyValue) -> Result<(), StoreError> {
         // From just after the revision we saw: a delete that happened since is delivered.
-        let mut events = match self.store.watch_prefix(&self.leader_key, Some(holder.mod_revision + 1)).await {
-            Ok(events) => events,
-            Err(StoreError::Compacted { .. }) => return Ok(()),
-            Err(error) => return Err(error),
-        };
-        while let Some(batch) = events.next().await {
-            match batch {
-                Ok(batch) => {
-                    let vacated = batch
-                        .iter()
-                        .any(|event| event.kv.key == self.leader_key && event.kind == WatchEventKind::Delete);
-                    if vacated {
-                        debug!(leader_key = %self.leader_key, "leader key deleted; campaigning");
-                        return Ok(());
+        let mut from = holder.mod_revision + 1;
+        loop {
+            match self.store.watch_prefix(&self.leader_key, Some(from)).await {
+                Ok(mut events) => {
+                    while let Some(batch) = events.next().await {
+                        match batch {
+                            Ok(batch) => {
+                                let vacated = batch.iter().any(|event| {
+                                    event.kv.key == self.leader_key && event.kind == WatchEventKind::Delete
+                                });
+                                if vacated {
+                                    debug!(leader_key = %self.leader_key, "leader key deleted; campaigning");
+                                    return Ok(());
+                                }
+                            }
+                            Err(StoreError::Compacted { .. }) => break,
+                            Err(error) => return Err(error),
+                        }
                     }
                 }
-                Err(StoreError::Compacted { .. }) => return Ok(()),
+                // History from `from` is gone: re-read below and watch from there.
+                Err(StoreError::Compacted { .. }) => {}
                 Err(error) => return Err(error),
             }
+            // The watch could not be served or ended: look at the key itself. Without this a
+            // compacted history would make the caller spin between claim and watch.
+            let (kvs, revision) = self.store.get_prefix(&self.leader_key).await?;
+            let still_held =
+                kvs.iter().any(|kv| kv.key == self.leader_key && kv.create_revision == holder.create_revision);
+            if !still_held {
+                return Ok(());
+            }
+            from = revision + 1;
         }
-        Ok(())
     }
 }
 

@@ -368,6 +368,8 @@ pub async fn lease_revoke_deletes_attached_keys(store: Arc<dyn Store>, prefix: &
 pub async fn watch_from_now(store: Arc<dyn Store>, prefix: &str) {
     let before = store.put(&format!("{prefix}before"), bytes("old"), None).await.unwrap();
     let mut watch = store.watch_prefix(&format!("{prefix}w/"), None).await.unwrap();
+    // Start revision 0 means "from now" too, as in etcd.
+    let mut watch_zero = store.watch_prefix(&format!("{prefix}w/"), Some(0)).await.unwrap();
 
     let first = store.put(&format!("{prefix}w/a"), bytes("1"), None).await.unwrap();
     store.put(&format!("{prefix}outside"), bytes("x"), None).await.unwrap();
@@ -376,6 +378,7 @@ pub async fn watch_from_now(store: Arc<dyn Store>, prefix: &str) {
     let last = store.put(&format!("{prefix}w/b"), bytes("3"), None).await.unwrap();
 
     let events = next_events(&mut watch, 4).await;
+    assert_eq!(next_events(&mut watch_zero, 4).await, events);
     assert!(events[0].revision() > before);
     let summary: Vec<(WatchEventKind, &str, Revision)> =
         events.iter().map(|event| (event.kind, &event.kv.key[prefix.len()..], event.revision())).collect();

@@ -833,6 +833,8 @@ impl Store for EmbeddedStore {
 
     async fn watch_prefix(&self, prefix: &str, start_revision: Option<Revision>) -> Result<WatchStream, StoreError> {
         let state = self.inner.lock_for_call()?;
+        // Like etcd, a start revision of 0 (or below) means "from now".
+        let start_revision = start_revision.filter(|revision| *revision > 0);
         let next_revision = start_revision.unwrap_or(state.durable_revision + 1);
         if next_revision < state.history_start {
             return Err(StoreError::Compacted { revision: state.history_start });

@@ -452,6 +452,8 @@ async fn open_watch(
     timeout: Duration,
 ) -> Result<(etcd_client::WatchStream, Revision), StoreError> {
     let mut watch_client = client.watch_client().max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
+    // etcd reads a start revision of 0 as "from now"; normalise so the resume point is right.
+    let start_revision = start_revision.filter(|revision| *revision > 0);
     let mut options = WatchOptions::new().with_prefix().with_progress_notify();
     if let Some(revision) = start_revision {
         options = options.with_start_revision(revision);
