@@ -110,7 +110,7 @@ pub fn create(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
     let ns = ctx.ns(&name);
     with_scope(ctx, st, |sc| {
         if let Some(existing) = sc.coll(&db, &name) {
-            let same = existing.options == options;
+            let same = crate::bson_order::cmp_docs(&existing.options, &options) == std::cmp::Ordering::Equal;
             if same {
                 return Ok(Reply::Doc(doc! {}));
             }
@@ -401,7 +401,10 @@ pub fn drop_indexes(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
         Bson::Document(k) => match c.index_by_key(k) {
             Some(i) => vec![i.name.clone()],
             None => {
-                return Err(Error::new(27, format!("can't find index with key: {}", crate::storage::shell_fmt(&which))));
+                return Err(Error::new(
+                    27,
+                    format!("can't find index with key: {}", crate::storage::shell_fmt(&which)),
+                ));
             }
         },
         _ => return Err(Error::type_mismatch("index must be a string, an array or an object")),
