@@ -2,7 +2,7 @@
 //!
 //! # Protocol
 //!
-//! - **Campaign**: claim the leader key with [`try_claim`] (put-if-absent, bound to the
+//! - **Campaign**: claim the leader key with [`try_claim`](crate::claim::try_claim) (put-if-absent, bound to the
 //!   candidate's lease). A loser watches the key from just after the revision it read and
 //!   tries again once it is deleted (resign, revoke or lease expiry). No polling, and no missed
 //!   deletion between the read and the watch.

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`LeaseKeeperOptions`]: TTL, per-renewal timeout and self-fence margin, derived from the
-//!   TTL by [`time_constants`](crate::time_constants) and validated.
+//!   TTL by [`time_constants`] and validated.
 //! - [`LeaseKeeper`]: grants a lease and renews it in a background task; owns the lease.
 //! - [`LeaseHandle`]: a cheap clone for the components whose work depends on the lease (task
 //!   runners, the election): its state, its deadline, a cancellation token.
@@ -87,7 +87,7 @@ pub struct LeaseKeeperOptions {
 }
 
 impl LeaseKeeperOptions {
-    /// Options derived from `ttl` by [`time_constants`](crate::time_constants).
+    /// Options derived from `ttl` by [`time_constants`].
     pub fn new(ttl: Duration) -> Self {
         LeaseKeeperOptions {
             ttl,

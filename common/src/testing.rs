@@ -235,8 +235,3 @@ where
 pub fn unique_prefix(name: &str) -> String {
     format!("/clustersync-test/{name}-{}/", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
-
-/// Opens a store of either kind as `Arc<dyn Store>`; handy in tests generic over backends.
-pub fn shared(store: impl Store) -> std::sync::Arc<dyn Store> {
-    std::sync::Arc::new(store)
-}
