@@ -11,8 +11,8 @@ use mongodb::event::EventHandler;
 use mongodb::event::cmap::CmapEvent;
 use mongodb::event::command::CommandEvent;
 use mongodb::options::{
-    ClientOptions, CollectionOptions, DatabaseOptions, ReadConcern, SelectionCriteria,
-    SessionOptions, TransactionOptions, WriteConcern,
+    ClientOptions, CollectionOptions, DatabaseOptions, ReadConcern, SelectionCriteria, SessionOptions,
+    TransactionOptions, WriteConcern,
 };
 use mongodb::{Client, ClientSession, Collection, Database};
 
@@ -40,7 +40,9 @@ pub enum Event {
         has_service_id: bool,
     },
     /// A CMAP event by its unified-format name, e.g. `poolClearedEvent`.
-    Cmap { name: String },
+    Cmap {
+        name: String,
+    },
 }
 
 impl Event {
@@ -99,10 +101,7 @@ pub struct ClientEntity {
 
 impl ClientEntity {
     pub fn events(&self) -> Vec<Event> {
-        self.log
-            .lock()
-            .map(|l| l.events.clone())
-            .unwrap_or_default()
+        self.log.lock().map(|l| l.events.clone()).unwrap_or_default()
     }
     pub fn checked_out(&self) -> i64 {
         self.log.lock().map(|l| l.checked_out).unwrap_or_default()
@@ -113,19 +112,14 @@ impl ClientEntity {
         let lsids: Vec<Bson> = events
             .iter()
             .filter_map(|e| match e {
-                Event::CommandStarted { command, .. } => {
-                    Some(command.get("lsid").cloned().unwrap_or(Bson::Null))
-                }
+                Event::CommandStarted { command, .. } => Some(command.get("lsid").cloned().unwrap_or(Bson::Null)),
                 _ => None,
             })
             .collect();
         if lsids.len() < 2 {
             bail!("fewer than two commandStartedEvents were observed");
         }
-        Ok((
-            lsids[lsids.len() - 2].clone(),
-            lsids[lsids.len() - 1].clone(),
-        ))
+        Ok((lsids[lsids.len() - 2].clone(), lsids[lsids.len() - 1].clone()))
     }
 }
 
@@ -174,6 +168,8 @@ pub struct ClientContext {
     pub uri: String,
     /// Server selection timeout for test clients.
     pub selection_timeout: Duration,
+    /// Heartbeat frequency for test clients that set none.
+    pub heartbeat: Duration,
 }
 
 impl Entities {
@@ -222,13 +218,9 @@ impl Entities {
     /// Creates the entities of a `createEntities` list.
     pub async fn create_all(&mut self, list: &[Bson], ctx: &ClientContext) -> Result<()> {
         for item in list {
-            let item = item
-                .as_document()
-                .ok_or_else(|| anyhow!("entity is not a document"))?;
+            let item = item.as_document().ok_or_else(|| anyhow!("entity is not a document"))?;
             let (kind, spec) = item.iter().next().ok_or_else(|| anyhow!("empty entity"))?;
-            let spec = spec
-                .as_document()
-                .ok_or_else(|| anyhow!("entity spec is not a document"))?;
+            let spec = spec.as_document().ok_or_else(|| anyhow!("entity spec is not a document"))?;
             let id = spec.get_str("id").context("entity without id")?.to_string();
             match kind.as_str() {
                 "client" => {
@@ -261,19 +253,12 @@ impl Entities {
                     let client = self.client(&client_id)?.client.clone();
                     let mut builder = client.start_session();
                     if let Ok(o) = spec.get_document("sessionOptions") {
-                        builder = builder.with_options(session_options(o)?);
+                        builder = builder.with_options(session_options(o, self)?);
                     }
                     let session = builder.await?;
                     let lsid = session.id().clone();
                     self.lsids.insert(id.clone(), lsid.clone());
-                    self.insert(
-                        &id,
-                        Entity::Session(Box::new(SessionEntity {
-                            session,
-                            lsid,
-                            client_id,
-                        })),
-                    )?;
+                    self.insert(&id, Entity::Session(Box::new(SessionEntity { session, lsid, client_id })))?;
                 }
                 other => skip!("entity type {other} is not supported"),
             }
@@ -296,29 +281,19 @@ pub fn read_concern(b: &Bson) -> Result<ReadConcern> {
 }
 
 pub fn write_concern(b: &Bson) -> Result<WriteConcern> {
-    let doc = b
-        .as_document()
-        .ok_or_else(|| anyhow!("write concern is not a document"))?;
+    let doc = b.as_document().ok_or_else(|| anyhow!("write concern is not a document"))?;
     known_keys(doc, "write concern", &["w", "j", "wtimeoutMS", "journal"])?;
     let mut wc = WriteConcern::default();
     match doc.get("w") {
-        Some(Bson::String(s)) if s == "majority" => {
-            wc.w = Some(mongodb::options::Acknowledgment::Majority)
-        }
+        Some(Bson::String(s)) if s == "majority" => wc.w = Some(mongodb::options::Acknowledgment::Majority),
         Some(Bson::String(s)) => wc.w = Some(mongodb::options::Acknowledgment::Custom(s.clone())),
         Some(n @ (Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_))) => {
             let n = crate::ops::as_i64(n).unwrap_or(1);
-            wc.w = Some(mongodb::options::Acknowledgment::Nodes(
-                u32::try_from(n).context("invalid w")?,
-            ));
+            wc.w = Some(mongodb::options::Acknowledgment::Nodes(u32::try_from(n).context("invalid w")?));
         }
         _ => {}
     }
-    if let Some(j) = doc
-        .get("j")
-        .or_else(|| doc.get("journal"))
-        .and_then(Bson::as_bool)
-    {
+    if let Some(j) = doc.get("j").or_else(|| doc.get("journal")).and_then(Bson::as_bool) {
         wc.journal = Some(j);
     }
     if let Some(t) = doc.get("wtimeoutMS").and_then(crate::ops::as_i64) {
@@ -328,22 +303,24 @@ pub fn write_concern(b: &Bson) -> Result<WriteConcern> {
 }
 
 pub fn read_preference(b: &Bson) -> Result<SelectionCriteria> {
-    let doc = b
-        .as_document()
-        .ok_or_else(|| anyhow!("read preference is not a document"))?;
-    known_keys(
-        doc,
-        "read preference",
-        &["mode", "tagSets", "maxStalenessSeconds", "hedge"],
-    )?;
+    let doc = b.as_document().ok_or_else(|| anyhow!("read preference is not a document"))?;
+    known_keys(doc, "read preference", &["mode", "tagSets", "maxStalenessSeconds", "hedge"])?;
     use mongodb::options::ReadPreference as R;
-    let opts = Default::default();
-    let mode = doc.get_str("mode").unwrap_or("primary");
-    if doc.len() > 1 {
-        skip!("read preference options other than mode are not supported by this runner");
+    let mut opts = mongodb::options::ReadPreferenceOptions::default();
+    if doc.contains_key("hedge") {
+        skip!("hedged read preferences are not supported by this runner");
     }
+    if let Ok(tags) = doc.get_array("tagSets") {
+        opts.tag_sets = Some(bson::from_bson(Bson::Array(tags.clone())).context("bad tagSets")?);
+    }
+    if let Some(secs) = doc.get("maxStalenessSeconds").and_then(crate::ops::as_i64) {
+        opts.max_staleness = Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
+    }
+    let opts = Some(opts);
+    let mode = doc.get_str("mode").unwrap_or("primary");
     let rp = match mode {
-        "primary" => R::Primary,
+        "primary" if doc.len() == 1 => R::Primary,
+        "primary" => bail!("primary read preference with options"),
         "primaryPreferred" => R::PrimaryPreferred { options: opts },
         "secondary" => R::Secondary { options: opts },
         "secondaryPreferred" => R::SecondaryPreferred { options: opts },
@@ -354,11 +331,7 @@ pub fn read_preference(b: &Bson) -> Result<SelectionCriteria> {
 }
 
 fn database_options(doc: &Document) -> Result<DatabaseOptions> {
-    known_keys(
-        doc,
-        "database",
-        &["readConcern", "writeConcern", "readPreference"],
-    )?;
+    known_keys(doc, "database", &["readConcern", "writeConcern", "readPreference"])?;
     let mut o = DatabaseOptions::default();
     if let Some(rc) = doc.get("readConcern") {
         o.read_concern = Some(read_concern(rc)?);
@@ -373,11 +346,7 @@ fn database_options(doc: &Document) -> Result<DatabaseOptions> {
 }
 
 fn collection_options(doc: &Document) -> Result<CollectionOptions> {
-    known_keys(
-        doc,
-        "collection",
-        &["readConcern", "writeConcern", "readPreference"],
-    )?;
+    known_keys(doc, "collection", &["readConcern", "writeConcern", "readPreference"])?;
     let mut o = CollectionOptions::default();
     if let Some(rc) = doc.get("readConcern") {
         o.read_concern = Some(read_concern(rc)?);
@@ -392,16 +361,7 @@ fn collection_options(doc: &Document) -> Result<CollectionOptions> {
 }
 
 pub fn transaction_options(doc: &Document) -> Result<TransactionOptions> {
-    known_keys(
-        doc,
-        "transaction",
-        &[
-            "readConcern",
-            "writeConcern",
-            "readPreference",
-            "maxCommitTimeMS",
-        ],
-    )?;
+    known_keys(doc, "transaction", &["readConcern", "writeConcern", "readPreference", "maxCommitTimeMS"])?;
     let mut o = TransactionOptions::default();
     if let Some(rc) = doc.get("readConcern") {
         o.read_concern = Some(read_concern(rc)?);
@@ -418,13 +378,15 @@ pub fn transaction_options(doc: &Document) -> Result<TransactionOptions> {
     Ok(o)
 }
 
-fn session_options(doc: &Document) -> Result<SessionOptions> {
-    known_keys(
-        doc,
-        "session",
-        &["causalConsistency", "snapshot", "defaultTransactionOptions"],
-    )?;
+fn session_options(doc: &Document, ents: &Entities) -> Result<SessionOptions> {
+    known_keys(doc, "session", &["causalConsistency", "snapshot", "defaultTransactionOptions", "snapshotTime"])?;
     let mut o = SessionOptions::default();
+    if let Ok(id) = doc.get_str("snapshotTime") {
+        match ents.map.get(id) {
+            Some(Entity::Value(Bson::Timestamp(ts))) => o.snapshot_time = Some(*ts),
+            _ => bail!("snapshotTime entity {id:?} is not a saved timestamp"),
+        }
+    }
     o.causal_consistency = doc.get("causalConsistency").and_then(Bson::as_bool);
     o.snapshot = doc.get("snapshot").and_then(Bson::as_bool);
     if let Ok(t) = doc.get_document("defaultTransactionOptions") {
@@ -452,16 +414,8 @@ pub fn uri_with_options(base: &str, opts: &Document) -> Result<String> {
             skip!("uri option {k} is not supported by this runner");
         }
         let sep = if uri.contains('?') {
-            if uri.ends_with('?') || uri.ends_with('&') {
-                ""
-            } else {
-                "&"
-            }
-        } else if uri
-            .rsplit("//")
-            .next()
-            .is_some_and(|rest| rest.contains('/'))
-        {
+            if uri.ends_with('?') || uri.ends_with('&') { "" } else { "&" }
+        } else if uri.rsplit("//").next().is_some_and(|rest| rest.contains('/')) {
             "?"
         } else {
             "/?"
@@ -471,15 +425,20 @@ pub fn uri_with_options(base: &str, opts: &Document) -> Result<String> {
     Ok(uri)
 }
 
+fn server_api(doc: &Document) -> Result<mongodb::options::ServerApi> {
+    known_keys(doc, "serverApi", &["version", "strict", "deprecationErrors"])?;
+    let version = match doc.get_str("version")? {
+        "1" => mongodb::options::ServerApiVersion::V1,
+        other => skip!("server api version {other} is not supported"),
+    };
+    let mut api = mongodb::options::ServerApi::builder().version(version).build();
+    api.strict = doc.get_bool("strict").ok();
+    api.deprecation_errors = doc.get_bool("deprecationErrors").ok();
+    Ok(api)
+}
+
 fn observed_names(spec: &Document, key: &str) -> Vec<String> {
-    spec.get_array(key)
-        .map(|a| {
-            a.iter()
-                .filter_map(Bson::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    spec.get_array(key).map(|a| a.iter().filter_map(Bson::as_str).map(str::to_string).collect()).unwrap_or_default()
 }
 
 const CLIENT_KEYS: [&str; 10] = [
@@ -497,7 +456,7 @@ const CLIENT_KEYS: [&str; 10] = [
 
 async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEntity> {
     for key in spec.keys() {
-        if !CLIENT_KEYS[..6].contains(&key.as_str()) {
+        if !CLIENT_KEYS[..7].contains(&key.as_str()) {
             skip!("client option {key} is not supported by this runner");
         }
     }
@@ -505,17 +464,26 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
         Ok(o) => uri_with_options(&ctx.uri, o)?,
         Err(_) => ctx.uri.clone(),
     };
-    let mut options = ClientOptions::parse(&uri)
-        .await
-        .with_context(|| format!("cannot parse uri {uri}"))?;
+    let mut options = match ClientOptions::parse(&uri).await {
+        Ok(o) => o,
+        Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::InvalidArgument { .. }) => {
+            skip!("the rust driver rejects the client options: {e}")
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot parse uri {uri}"))),
+    };
     if options.server_selection_timeout.is_none() {
         options.server_selection_timeout = Some(ctx.selection_timeout);
     }
+    if options.heartbeat_freq.is_none() {
+        // recover quickly after state-change errors, as driver test suites do
+        options.heartbeat_freq = Some(ctx.heartbeat);
+    }
+    if let Ok(api) = spec.get_document("serverApi") {
+        options.server_api = Some(server_api(api)?);
+    }
     let observe = observed_names(spec, "observeEvents");
-    let ignore: Vec<String> = observed_names(spec, "ignoreCommandMonitoringEvents")
-        .into_iter()
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
+    let ignore: Vec<String> =
+        observed_names(spec, "ignoreCommandMonitoringEvents").into_iter().map(|s| s.to_ascii_lowercase()).collect();
     let sensitive = spec.get_bool("observeSensitiveCommands").unwrap_or(false);
     let log = Arc::new(Mutex::new(EventLog::default()));
 
@@ -609,10 +577,7 @@ mod tests {
     fn uri_options_are_appended() {
         let base = "mongodb://127.0.0.1:27017/?replicaSet=rs0";
         let uri = uri_with_options(base, &doc! {"retryWrites": false, "w": 1}).unwrap();
-        assert_eq!(
-            uri,
-            "mongodb://127.0.0.1:27017/?replicaSet=rs0&retryWrites=false&w=1"
-        );
+        assert_eq!(uri, "mongodb://127.0.0.1:27017/?replicaSet=rs0&retryWrites=false&w=1");
         let uri = uri_with_options("mongodb://h:1", &doc! {"w": "majority"}).unwrap();
         assert_eq!(uri, "mongodb://h:1/?w=majority");
     }

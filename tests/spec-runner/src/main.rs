@@ -51,10 +51,9 @@ fn resolve_spec_dir(cli: &Cli) -> Result<PathBuf> {
     let (dir, source) = match (&cli.spec_dir, std::env::var_os("SPEC_TESTS_DIR")) {
         (Some(d), _) => (d.clone(), "--spec-dir"),
         (None, Some(d)) => (PathBuf::from(d), "SPEC_TESTS_DIR"),
-        (None, None) => (
-            workspace_root().join("../shared/spec-tests"),
-            "the default ../shared/spec-tests next to the workspace",
-        ),
+        (None, None) => {
+            (workspace_root().join("../shared/spec-tests"), "the default ../shared/spec-tests next to the workspace")
+        }
     };
     if !dir.is_dir() {
         bail!(
@@ -80,11 +79,8 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let spec_dir = resolve_spec_dir(&cli)?;
-    let suites: Vec<String> = if cli.suites.is_empty() {
-        DEFAULT_SUITES.iter().map(|s| s.to_string()).collect()
-    } else {
-        cli.suites.clone()
-    };
+    let suites: Vec<String> =
+        if cli.suites.is_empty() { DEFAULT_SUITES.iter().map(|s| s.to_string()).collect() } else { cli.suites.clone() };
     let mut files = Vec::new();
     for suite in &suites {
         files.extend(spec::load_suite(&spec_dir, suite)?);
@@ -104,22 +100,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         (None, None) => unreachable!("a server is started when no uri is given"),
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
     let reports = rt.block_on(async {
-        let mut runner = Runner::connect(&uri, cli.verbose)
-            .await
-            .with_context(|| format!("cannot reach the server at {uri}"))?;
-        runner
-            .load_server_parameters(&spec::required_server_parameters(&files))
-            .await;
+        let mut runner =
+            Runner::connect(&uri, cli.verbose).await.with_context(|| format!("cannot reach the server at {uri}"))?;
+        runner.load_server_parameters(&spec::required_server_parameters(&files)).await;
         if cli.verbose {
-            eprintln!(
-                "server at {uri}: topology {}, version {:?}",
-                runner.server.topology, runner.server.version
-            );
+            eprintln!("server at {uri}: topology {}, version {:?}", runner.server.topology, runner.server.version);
         }
         let mut reports: Vec<TestReport> = Vec::new();
         for file in &files {
@@ -139,17 +127,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             .iter()
             .filter(|id| {
                 let suite = id.split('/').next().unwrap_or_default();
-                suites.iter().any(|s| s == suite)
-                    && cli.filter.as_deref().is_none_or(|f| id.contains(f))
+                suites.iter().any(|s| s == suite) && cli.filter.as_deref().is_none_or(|f| id.contains(f))
             })
             .cloned()
             .collect();
         let cmp = report::compare(&covered, &reports, false);
         for (id, why) in &cmp.regressed {
-            println!(
-                "REGRESSION {id}\n    {}",
-                why.lines().next().unwrap_or_default()
-            );
+            println!("REGRESSION {id}\n    {}", why.lines().next().unwrap_or_default());
         }
         for id in &cmp.missing {
             println!("MISSING {id} (listed as passing but not run)");
@@ -158,10 +142,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("newly passing, add it: {id}");
         }
         if !cmp.newly_passing.is_empty() {
-            println!(
-                "{} newly passing tests: add them with --write-passing",
-                cmp.newly_passing.len()
-            );
+            println!("{} newly passing tests: add them with --write-passing", cmp.newly_passing.len());
         }
         if cmp.ok() {
             println!("expected list: all {} listed tests pass", covered.len());
@@ -180,10 +161,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     }
     let mut total = report::Counts::default();
     for (suite, c) in report::counts_by_suite(&suites, &reports) {
-        println!(
-            "{suite}: {} passed, {} failed, {} skipped",
-            c.passed, c.failed, c.skipped
-        );
+        println!("{suite}: {} passed, {} failed, {} skipped", c.passed, c.failed, c.skipped);
         total.passed += c.passed;
         total.failed += c.failed;
         total.skipped += c.skipped;
@@ -192,9 +170,5 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         eprintln!("(run with --verbose to see why each test failed)");
     }
     println!("{} passed, {} failed", total.passed, total.failed);
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

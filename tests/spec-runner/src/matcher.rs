@@ -34,12 +34,7 @@ impl EntityLookup for NoEntities {
 /// Checks `actual` against `expected` with the unified-format rules.
 /// `actual` is `None` when the value is absent. The error names the path of
 /// the first mismatch.
-pub fn matches(
-    expected: &Bson,
-    actual: Option<&Bson>,
-    root: bool,
-    entities: &dyn EntityLookup,
-) -> Result<(), String> {
+pub fn matches(expected: &Bson, actual: Option<&Bson>, root: bool, entities: &dyn EntityLookup) -> Result<(), String> {
     match_at(expected, actual, root, entities, "")
 }
 
@@ -74,25 +69,15 @@ fn match_at(
         return match_operator(op, arg, actual, root, entities, path);
     }
     let Some(actual) = actual else {
-        return Err(format!(
-            "{}: expected {expected}, but the value is absent",
-            show_path(path)
-        ));
+        return Err(format!("{}: expected {expected}, but the value is absent", show_path(path)));
     };
     match expected {
         Bson::Document(exp) => {
             let Bson::Document(act) = actual else {
-                return Err(format!(
-                    "{}: expected a document {expected}, got {actual}",
-                    show_path(path)
-                ));
+                return Err(format!("{}: expected a document {expected}, got {actual}", show_path(path)));
             };
             for (key, value) in exp {
-                let sub = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 match_at(value, act.get(key), false, entities, &sub)?;
             }
             if !root {
@@ -109,10 +94,7 @@ fn match_at(
         }
         Bson::Array(exp) => {
             let Bson::Array(act) = actual else {
-                return Err(format!(
-                    "{}: expected an array {expected}, got {actual}",
-                    show_path(path)
-                ));
+                return Err(format!("{}: expected an array {expected}, got {actual}", show_path(path)));
             };
             if exp.len() != act.len() {
                 return Err(format!(
@@ -154,9 +136,7 @@ fn match_operator(
     let here = show_path(path);
     match op {
         "$$exists" => {
-            let want = arg
-                .as_bool()
-                .ok_or_else(|| format!("{here}: $$exists takes a boolean"))?;
+            let want = arg.as_bool().ok_or_else(|| format!("{here}: $$exists takes a boolean"))?;
             if actual.is_some() == want {
                 Ok(())
             } else if want {
@@ -180,50 +160,31 @@ fn match_operator(
             let actual_type = type_name(actual);
             let ok = names.iter().any(|n| {
                 *n == actual_type
-                    || (*n == "number"
-                        && matches!(actual, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)))
+                    || (*n == "number" && matches!(actual, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)))
                     || (*n == "number" && matches!(actual, Bson::Decimal128(_)))
             });
-            if ok {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{here}: expected type {arg}, got {actual_type} ({actual})"
-                ))
-            }
+            if ok { Ok(()) } else { Err(format!("{here}: expected type {arg}, got {actual_type} ({actual})")) }
         }
         "$$unsetOrMatches" => match actual {
             None => Ok(()),
             Some(a) => match_at(arg, Some(a), root, entities, path),
         },
         "$$matchesEntity" => {
-            let id = arg
-                .as_str()
-                .ok_or_else(|| format!("{here}: $$matchesEntity takes a string"))?;
-            let value = entities
-                .entity_value(id)
-                .ok_or_else(|| format!("{here}: no value entity {id:?}"))?;
+            let id = arg.as_str().ok_or_else(|| format!("{here}: $$matchesEntity takes a string"))?;
+            let value = entities.entity_value(id).ok_or_else(|| format!("{here}: no value entity {id:?}"))?;
             match_at(&value, actual, root, entities, path)
         }
         "$$sessionLsid" => {
-            let id = arg
-                .as_str()
-                .ok_or_else(|| format!("{here}: $$sessionLsid takes a string"))?;
-            let lsid = entities
-                .session_lsid(id)
-                .ok_or_else(|| format!("{here}: no session entity {id:?}"))?;
+            let id = arg.as_str().ok_or_else(|| format!("{here}: $$sessionLsid takes a string"))?;
+            let lsid = entities.session_lsid(id).ok_or_else(|| format!("{here}: no session entity {id:?}"))?;
             match actual {
                 Some(a) if values_equal(&Bson::Document(lsid.clone()), a) => Ok(()),
-                Some(a) => Err(format!(
-                    "{here}: expected the lsid of {id} ({lsid}), got {a}"
-                )),
+                Some(a) => Err(format!("{here}: expected the lsid of {id} ({lsid}), got {a}")),
                 None => Err(format!("{here}: expected the lsid of {id}, absent")),
             }
         }
         "$$matchesHexBytes" => {
-            let hex = arg
-                .as_str()
-                .ok_or_else(|| format!("{here}: $$matchesHexBytes takes a string"))?;
+            let hex = arg.as_str().ok_or_else(|| format!("{here}: $$matchesHexBytes takes a string"))?;
             let want = decode_hex(hex).ok_or_else(|| format!("{here}: invalid hex {hex:?}"))?;
             match actual {
                 Some(Bson::Binary(b)) if b.bytes == want => Ok(()),
@@ -247,8 +208,8 @@ fn match_operator(
             let as_root = op == "$$matchAsRoot";
             let actual = match actual {
                 Some(Bson::String(s)) if !as_root => {
-                    let json: serde_json::Value = serde_json::from_str(s)
-                        .map_err(|e| format!("{here}: value is not JSON: {e}"))?;
+                    let json: serde_json::Value =
+                        serde_json::from_str(s).map_err(|e| format!("{here}: value is not JSON: {e}"))?;
                     Bson::try_from(json).map_err(|e| format!("{here}: {e}"))?
                 }
                 Some(other) => other.clone(),
@@ -264,10 +225,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn as_f64(b: &Bson) -> Option<f64> {
@@ -290,13 +248,9 @@ pub fn values_equal(a: &Bson, b: &Bson) -> bool {
         (Bson::Double(_), Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_))
         | (Bson::Int32(_) | Bson::Int64(_), Bson::Double(_)) => as_f64(a) == as_f64(b),
         (Bson::Document(x), Bson::Document(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
         }
-        (Bson::Array(x), Bson::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| values_equal(v, w))
-        }
+        (Bson::Array(x), Bson::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| values_equal(v, w)),
         _ => a == b,
     }
 }
@@ -363,29 +317,14 @@ mod tests {
         assert!(m(Bson::Int64(3), Bson::Double(3.0), false).is_ok());
         assert!(m(Bson::Double(2.5), Bson::Int32(2), false).is_err());
         assert!(m(Bson::Int32(1), Bson::String("1".into()), false).is_err());
-        assert!(values_equal(
-            &bson!({ "x": [1, 2] }),
-            &bson!({ "x": [1_i64, 2.0] })
-        ));
+        assert!(values_equal(&bson!({ "x": [1, 2] }), &bson!({ "x": [1_i64, 2.0] })));
     }
 
     #[test]
     fn root_allows_extra_keys_nested_does_not() {
         let exp = bson!({ "_id": 1, "x": { "y": 1 } });
-        assert!(
-            m(
-                exp.clone(),
-                bson!({ "_id": 1, "x": { "y": 1 }, "z": 0 }),
-                true
-            )
-            .is_ok()
-        );
-        let err = m(
-            exp.clone(),
-            bson!({ "_id": 1, "x": { "y": 1, "w": 2 } }),
-            true,
-        )
-        .unwrap_err();
+        assert!(m(exp.clone(), bson!({ "_id": 1, "x": { "y": 1 }, "z": 0 }), true).is_ok());
+        let err = m(exp.clone(), bson!({ "_id": 1, "x": { "y": 1, "w": 2 } }), true).unwrap_err();
         assert!(err.contains("extra key"), "{err}");
         assert!(m(exp, bson!({ "_id": 1, "x": { "y": 1 }, "z": 0 }), false).is_err());
     }
@@ -393,14 +332,7 @@ mod tests {
     #[test]
     fn array_documents_at_root_are_root_level() {
         let exp = bson!([{ "_id": 1 }, { "_id": 2 }]);
-        assert!(
-            m(
-                exp.clone(),
-                bson!([{ "_id": 1, "x": 1 }, { "_id": 2 }]),
-                true
-            )
-            .is_ok()
-        );
+        assert!(m(exp.clone(), bson!([{ "_id": 1, "x": 1 }, { "_id": 2 }]), true).is_ok());
         assert!(m(exp.clone(), bson!([{ "_id": 1 }]), true).is_err());
         assert!(m(exp, bson!([{ "_id": 1, "x": 1 }, { "_id": 2 }]), false).is_err());
     }
@@ -437,18 +369,13 @@ mod tests {
     fn lte_and_hex_bytes() {
         assert!(m(bson!({ "$$lte": 5 }), Bson::Int32(5), false).is_ok());
         assert!(m(bson!({ "$$lte": 5 }), Bson::Int32(6), false).is_err());
-        let bin = Bson::Binary(bson::Binary {
-            subtype: bson::spec::BinarySubtype::Generic,
-            bytes: vec![0xab, 0x01],
-        });
+        let bin = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0xab, 0x01] });
         assert!(m(bson!({ "$$matchesHexBytes": "AB01" }), bin, false).is_ok());
     }
 
     #[test]
     fn exact_compare_for_outcome() {
-        assert!(
-            matches_exactly(&bson!({ "_id": 1, "x": 2 }), &bson!({ "x": 2, "_id": 1 })).is_ok()
-        );
+        assert!(matches_exactly(&bson!({ "_id": 1, "x": 2 }), &bson!({ "x": 2, "_id": 1 })).is_ok());
         assert!(matches_exactly(&bson!({ "_id": 1 }), &bson!({ "_id": 1, "x": 2 })).is_err());
     }
 }

@@ -11,12 +11,11 @@ use anyhow::{Context, Result, anyhow};
 use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
 use mongodb::options::{
-    AggregateOptions, ChangeStreamOptions, CountOptions, CreateCollectionOptions, DeleteOptions,
-    DistinctOptions, EstimatedDocumentCountOptions, FindOneAndDeleteOptions,
-    FindOneAndReplaceOptions, FindOneAndUpdateOptions, FindOneOptions, FindOptions,
-    FullDocumentBeforeChangeType, FullDocumentType, Hint, IndexOptions, InsertManyOptions,
-    InsertOneOptions, ListCollectionsOptions, ReplaceOptions, ReturnDocument,
-    RunCursorCommandOptions, UpdateModifications, UpdateOptions,
+    AggregateOptions, ChangeStreamOptions, CountOptions, CreateCollectionOptions, DeleteOptions, DistinctOptions,
+    EstimatedDocumentCountOptions, FindOneAndDeleteOptions, FindOneAndReplaceOptions, FindOneAndUpdateOptions,
+    FindOneOptions, FindOptions, FullDocumentBeforeChangeType, FullDocumentType, Hint, IndexOptions, InsertManyOptions,
+    InsertOneOptions, ListCollectionsOptions, ReplaceOptions, ReturnDocument, RunCursorCommandOptions,
+    UpdateModifications, UpdateOptions,
 };
 use mongodb::{IndexModel, SearchIndexModel};
 
@@ -29,6 +28,8 @@ pub enum Output {
     Value(Bson),
     ChangeStream(Box<mongodb::change_stream::ChangeStream<Document>>),
     Cursor(Box<CursorEntity>),
+    /// A collection (from `createCollection`) and its client's id.
+    Collection(mongodb::Collection<Document>, String),
 }
 
 /// The driver's answer: a value or the error `expectError` is checked against.
@@ -56,19 +57,14 @@ pub struct Args {
 
 impl Args {
     pub fn new(op: &str, doc: Document) -> Self {
-        Args {
-            op: op.to_string(),
-            doc,
-            used: Vec::new(),
-        }
+        Args { op: op.to_string(), doc, used: Vec::new() }
     }
     pub fn get(&mut self, key: &str) -> Option<Bson> {
         self.used.push(key.to_string());
         self.doc.get(key).cloned()
     }
     pub fn req(&mut self, key: &str) -> Result<Bson> {
-        self.get(key)
-            .ok_or_else(|| anyhow!("{}: missing argument {key}", self.op))
+        self.get(key).ok_or_else(|| anyhow!("{}: missing argument {key}", self.op))
     }
     pub fn doc(&mut self, key: &str) -> Result<Option<Document>> {
         match self.get(key) {
@@ -78,8 +74,7 @@ impl Args {
         }
     }
     pub fn req_doc(&mut self, key: &str) -> Result<Document> {
-        self.doc(key)?
-            .ok_or_else(|| anyhow!("{}: missing argument {key}", self.op))
+        self.doc(key)?.ok_or_else(|| anyhow!("{}: missing argument {key}", self.op))
     }
     pub fn string(&mut self, key: &str) -> Result<Option<String>> {
         match self.get(key) {
@@ -89,8 +84,7 @@ impl Args {
         }
     }
     pub fn req_string(&mut self, key: &str) -> Result<String> {
-        self.string(key)?
-            .ok_or_else(|| anyhow!("{}: missing argument {key}", self.op))
+        self.string(key)?.ok_or_else(|| anyhow!("{}: missing argument {key}", self.op))
     }
     pub fn bool(&mut self, key: &str) -> Option<bool> {
         self.get(key).and_then(|b| b.as_bool())
@@ -98,9 +92,7 @@ impl Args {
     pub fn int(&mut self, key: &str) -> Result<Option<i64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(b) => as_i64(&b)
-                .map(Some)
-                .ok_or_else(|| anyhow!("{}: {key} is not an integer", self.op)),
+            Some(b) => as_i64(&b).map(Some).ok_or_else(|| anyhow!("{}: {key} is not an integer", self.op)),
         }
     }
     pub fn u64(&mut self, key: &str) -> Result<Option<u64>> {
@@ -144,10 +136,7 @@ impl Args {
     pub fn done(&self) -> Result<()> {
         for key in self.doc.keys() {
             if !self.used.iter().any(|u| u == key) {
-                skip!(
-                    "argument {key} of {} is not supported by the rust driver runner",
-                    self.op
-                );
+                skip!("argument {key} of {} is not supported by the rust driver runner", self.op);
             }
         }
         Ok(())
@@ -215,29 +204,21 @@ macro_rules! collect_cursor {
             Some(id) => {
                 let s = &mut $ents.session_mut(id)?.session;
                 match $action.session(&mut *s).await {
-                    Ok(mut c) => c
-                        .stream(s)
-                        .try_collect::<Vec<Document>>()
-                        .await
-                        .map(|d| Output::Value(docs_to_bson(d))),
+                    Ok(mut c) => {
+                        c.stream(s).try_collect::<Vec<Document>>().await.map(|d| Output::Value(docs_to_bson(d)))
+                    }
                     Err(e) => Err(e),
                 }
             }
             None => match $action.await {
-                Ok(c) => c
-                    .try_collect::<Vec<Document>>()
-                    .await
-                    .map(|d| Output::Value(docs_to_bson(d))),
+                Ok(c) => c.try_collect::<Vec<Document>>().await.map(|d| Output::Value(docs_to_bson(d))),
                 Err(e) => Err(e),
             },
         }
     };
 }
 
-fn value<T, F: FnOnce(T) -> Bson>(
-    r: std::result::Result<T, mongodb::error::Error>,
-    f: F,
-) -> OpResult {
+fn value<T, F: FnOnce(T) -> Bson>(r: std::result::Result<T, mongodb::error::Error>, f: F) -> OpResult {
     r.map(|v| Output::Value(f(v)))
 }
 
@@ -253,21 +234,13 @@ fn u64_bson(v: u64) -> Bson {
 fn reject(args: &mut Args, keys: &[&str]) -> Result<()> {
     for k in keys {
         if args.doc.contains_key(*k) {
-            skip!(
-                "argument {k} of {} is not supported by the rust driver",
-                args.op
-            );
+            skip!("argument {k} of {} is not supported by the rust driver", args.op);
         }
     }
     Ok(())
 }
 
-pub async fn collection_op(
-    ents: &mut Entities,
-    coll_id: &str,
-    name: &str,
-    mut a: Args,
-) -> Result<OpResult> {
+pub async fn collection_op(ents: &mut Entities, coll_id: &str, name: &str, mut a: Args) -> Result<OpResult> {
     let coll = ents.collection(coll_id)?;
     reject(&mut a, &["rawData", "timeoutMS"])?;
     let sid = a.string("session")?;
@@ -309,11 +282,7 @@ pub async fn collection_op(
                 o.comment = a.get("comment");
                 o.sort = a.doc("sort")?;
                 a.done()?;
-                let r = with_session!(
-                    ents,
-                    sid,
-                    coll.replace_one(filter, replacement).with_options(o)
-                );
+                let r = with_session!(ents, sid, coll.replace_one(filter, replacement).with_options(o));
                 value(r, |r| update_result(&r))
             } else {
                 let update = update_modifications(a.req("update")?)?;
@@ -350,9 +319,7 @@ pub async fn collection_op(
             } else {
                 with_session!(ents, sid, coll.delete_many(filter).with_options(o))
             };
-            value(r, |r| {
-                Bson::Document(doc! {"deletedCount": u64_bson(r.deleted_count)})
-            })
+            value(r, |r| Bson::Document(doc! {"deletedCount": u64_bson(r.deleted_count)}))
         }
         "find" | "createFindCursor" => {
             let filter = a.doc("filter")?.unwrap_or_default();
@@ -412,11 +379,7 @@ pub async fn collection_op(
                     o.let_vars = a.doc("let")?;
                     o.comment = a.get("comment");
                     a.done()?;
-                    with_session!(
-                        ents,
-                        sid,
-                        coll.find_one_and_update(filter, update).with_options(o)
-                    )
+                    with_session!(ents, sid, coll.find_one_and_update(filter, update).with_options(o))
                 }
                 "findOneAndReplace" => {
                     let replacement = a.req_doc("replacement")?;
@@ -432,12 +395,7 @@ pub async fn collection_op(
                     o.let_vars = a.doc("let")?;
                     o.comment = a.get("comment");
                     a.done()?;
-                    with_session!(
-                        ents,
-                        sid,
-                        coll.find_one_and_replace(filter, replacement)
-                            .with_options(o)
-                    )
+                    with_session!(ents, sid, coll.find_one_and_replace(filter, replacement).with_options(o))
                 }
                 _ => {
                     let mut o = FindOneAndDeleteOptions::default();
@@ -481,10 +439,7 @@ pub async fn collection_op(
             if sid.is_some() {
                 skip!("estimatedDocumentCount with a session is not supported by the rust driver");
             }
-            value(
-                coll.estimated_document_count().with_options(o).await,
-                u64_bson,
-            )
+            value(coll.estimated_document_count().with_options(o).await, u64_bson)
         }
         "distinct" => {
             let field = a.req_string("fieldName")?;
@@ -524,9 +479,7 @@ pub async fn collection_op(
             a.done()?;
             if name == "listIndexNames" {
                 let r = with_session!(ents, sid, coll.list_index_names());
-                value(r, |n| {
-                    Bson::Array(n.into_iter().map(Bson::String).collect())
-                })
+                value(r, |n| Bson::Array(n.into_iter().map(Bson::String).collect()))
             } else {
                 let mut o = mongodb::options::ListIndexesOptions::default();
                 o.batch_size = batch;
@@ -593,15 +546,9 @@ pub async fn collection_op(
                 a.docs("models")?.unwrap_or_default()
             };
             a.done()?;
-            let models = models
-                .into_iter()
-                .map(search_index_model)
-                .collect::<Result<Vec<_>>>()?;
+            let models = models.into_iter().map(search_index_model).collect::<Result<Vec<_>>>()?;
             if name == "createSearchIndex" {
-                let m = models
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| anyhow!("no model"))?;
+                let m = models.into_iter().next().ok_or_else(|| anyhow!("no model"))?;
                 value(coll.create_search_index(m).await, Bson::String)
             } else {
                 value(coll.create_search_indexes(models).await, |n| {
@@ -635,10 +582,7 @@ pub async fn collection_op(
                 action = action.aggregate_options(o);
             }
             match action.await {
-                Ok(c) => c
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map(|d| Output::Value(docs_to_bson(d))),
+                Ok(c) => c.try_collect::<Vec<_>>().await.map(|d| Output::Value(docs_to_bson(d))),
                 Err(e) => Err(e),
             }
         }
@@ -738,12 +682,7 @@ fn change_stream_options(a: &mut Args) -> Result<ChangeStreamOptions> {
     Ok(o)
 }
 
-pub async fn database_op(
-    ents: &mut Entities,
-    db_id: &str,
-    name: &str,
-    mut a: Args,
-) -> Result<OpResult> {
+pub async fn database_op(ents: &mut Entities, db_id: &str, name: &str, mut a: Args) -> Result<OpResult> {
     let db = ents.database(db_id)?;
     reject(&mut a, &["rawData", "timeoutMS"])?;
     let sid = a.string("session")?;
@@ -821,11 +760,9 @@ pub async fn database_op(
                     Some(bson::from_bson(c).context("bad changeStreamPreAndPostImages")?);
             }
             a.done()?;
-            unit(with_session!(
-                ents,
-                sid,
-                db.create_collection(coll).with_options(o)
-            ))
+            let client_id = ents.client_of(db_id).unwrap_or_default();
+            with_session!(ents, sid, db.create_collection(&coll).with_options(o))
+                .map(|()| Output::Collection(db.collection(&coll), client_id))
         }
         "dropCollection" => {
             let coll = a.req_string("collection")?;
@@ -840,9 +777,7 @@ pub async fn database_op(
             a.done()?;
             if name == "listCollectionNames" {
                 let r = with_session!(ents, sid, db.list_collection_names().with_options(o));
-                value(r, |n| {
-                    Bson::Array(n.into_iter().map(Bson::String).collect())
-                })
+                value(r, |n| Bson::Array(n.into_iter().map(Bson::String).collect()))
             } else {
                 match &sid {
                     Some(id) => {
@@ -906,10 +841,7 @@ pub async fn database_op(
                 }
             }
             a.done()?;
-            value(
-                with_session!(ents, sid, db.run_command(cmd)),
-                Bson::Document,
-            )
+            value(with_session!(ents, sid, db.run_command(cmd)), Bson::Document)
         }
         "drop" => {
             a.done()?;
@@ -919,12 +851,7 @@ pub async fn database_op(
     })
 }
 
-pub async fn client_op(
-    ents: &mut Entities,
-    client_id: &str,
-    name: &str,
-    mut a: Args,
-) -> Result<OpResult> {
+pub async fn client_op(ents: &mut Entities, client_id: &str, name: &str, mut a: Args) -> Result<OpResult> {
     let client = ents.client(client_id)?.client.clone();
     reject(&mut a, &["rawData", "timeoutMS"])?;
     let sid = a.string("session")?;
@@ -938,9 +865,7 @@ pub async fn client_op(
                     action = action.filter(f);
                 }
                 let r = with_session!(ents, sid, action);
-                value(r, |n| {
-                    Bson::Array(n.into_iter().map(Bson::String).collect())
-                })
+                value(r, |n| Bson::Array(n.into_iter().map(Bson::String).collect()))
             } else {
                 let mut action = client.list_databases();
                 if let Some(f) = filter {
@@ -978,12 +903,7 @@ pub async fn client_op(
     })
 }
 
-pub async fn session_op(
-    ents: &mut Entities,
-    session_id: &str,
-    name: &str,
-    mut a: Args,
-) -> Result<OpResult> {
+pub async fn session_op(ents: &mut Entities, session_id: &str, name: &str, mut a: Args) -> Result<OpResult> {
     Ok(match name {
         "startTransaction" => {
             let opts = transaction_options(&a.doc.clone())?;
@@ -1033,10 +953,7 @@ pub async fn iterate_op(ents: &mut Entities, id: &str, name: &str, a: Args) -> R
         "iterateOnce" => true,
         other => skip!("cursor operation {other} is not supported"),
     };
-    let entity = ents
-        .map
-        .remove(id)
-        .ok_or_else(|| anyhow!("no cursor or change stream {id:?}"))?;
+    let entity = ents.map.remove(id).ok_or_else(|| anyhow!("no cursor or change stream {id:?}"))?;
     let (entity, result) = match entity {
         Entity::ChangeStream(mut cs) => {
             let r = if once {
@@ -1056,9 +973,7 @@ pub async fn iterate_op(ents: &mut Entities, id: &str, name: &str, a: Args) -> R
                 {
                     Ok(r) => r,
                     Err(_) => {
-                        return Err(anyhow!(
-                            "change stream {id} returned no event within {ITERATE_TIMEOUT:?}"
-                        ));
+                        return Err(anyhow!("change stream {id} returned no event within {ITERATE_TIMEOUT:?}"));
                     }
                 }
             };
@@ -1069,9 +984,7 @@ pub async fn iterate_op(ents: &mut Entities, id: &str, name: &str, a: Args) -> R
                 CursorEntity::Plain(cursor) => {
                     let fut = cursor.advance();
                     match tokio::time::timeout(ITERATE_TIMEOUT, fut).await {
-                        Ok(Ok(true)) => cursor
-                            .deserialize_current()
-                            .map(|d| Some(Bson::Document(d))),
+                        Ok(Ok(true)) => cursor.deserialize_current().map(|d| Some(Bson::Document(d))),
                         Ok(Ok(false)) => Ok(None),
                         Ok(Err(e)) => Err(e),
                         Err(_) => return Err(anyhow!("cursor {id} returned nothing in time")),
@@ -1081,9 +994,7 @@ pub async fn iterate_op(ents: &mut Entities, id: &str, name: &str, a: Args) -> R
                     let sid = sid.clone();
                     let s = &mut ents.session_mut(&sid)?.session;
                     match tokio::time::timeout(ITERATE_TIMEOUT, cursor.advance(s)).await {
-                        Ok(Ok(true)) => cursor
-                            .deserialize_current()
-                            .map(|d| Some(Bson::Document(d))),
+                        Ok(Ok(true)) => cursor.deserialize_current().map(|d| Some(Bson::Document(d))),
                         Ok(Ok(false)) => Ok(None),
                         Ok(Err(e)) => Err(e),
                         Err(_) => return Err(anyhow!("cursor {id} returned nothing in time")),

@@ -35,23 +35,14 @@ pub fn counts_by_suite(suites: &[String], reports: &[TestReport]) -> Vec<(String
 /// Reads an expected-pass list: one test id a line; blank lines and lines
 /// starting with `#` are ignored.
 pub fn read_list(path: &Path) -> Result<BTreeSet<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read expected list {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read expected list {}", path.display()))?;
+    Ok(text.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
 }
 
 /// Writes the ids of the passing tests, sorted, one a line.
 pub fn write_list(path: &Path, reports: &[TestReport]) -> Result<usize> {
-    let ids: BTreeSet<&str> = reports
-        .iter()
-        .filter(|r| r.status == Status::Pass)
-        .map(|r| r.id.as_str())
-        .collect();
+    let ids: BTreeSet<&str> = reports.iter().filter(|r| r.status == Status::Pass).map(|r| r.id.as_str()).collect();
     let mut text = String::new();
     for id in &ids {
         text.push_str(id);
@@ -81,8 +72,7 @@ impl Comparison {
 /// Compares a run with the list. With `partial` (a `--filter` or `--suite`
 /// narrowed the run) listed tests that did not run are not reported missing.
 pub fn compare(expected: &BTreeSet<String>, reports: &[TestReport], partial: bool) -> Comparison {
-    let by_id: BTreeMap<&str, &Status> =
-        reports.iter().map(|r| (r.id.as_str(), &r.status)).collect();
+    let by_id: BTreeMap<&str, &Status> = reports.iter().map(|r| (r.id.as_str(), &r.status)).collect();
     let mut c = Comparison::default();
     for id in expected {
         match by_id.get(id.as_str()) {
@@ -106,21 +96,13 @@ mod tests {
     use super::*;
 
     fn rep(id: &str, status: Status) -> TestReport {
-        TestReport {
-            id: id.into(),
-            suite: "crud".into(),
-            status,
-        }
+        TestReport { id: id.into(), suite: "crud".into(), status }
     }
 
     #[test]
     fn comparison_with_expected_list() {
         let expected: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let reports = vec![
-            rep("a", Status::Pass),
-            rep("b", Status::Fail("x".into())),
-            rep("d", Status::Pass),
-        ];
+        let reports = vec![rep("a", Status::Pass), rep("b", Status::Fail("x".into())), rep("d", Status::Pass)];
         let c = compare(&expected, &reports, false);
         assert_eq!(c.regressed.len(), 1);
         assert_eq!(c.missing, vec!["c".to_string()]);
@@ -132,20 +114,10 @@ mod tests {
 
     #[test]
     fn counts() {
-        let reports = vec![
-            rep("a", Status::Pass),
-            rep("b", Status::Skip("y".into())),
-            rep("c", Status::Fail("x".into())),
-        ];
+        let reports =
+            vec![rep("a", Status::Pass), rep("b", Status::Skip("y".into())), rep("c", Status::Fail("x".into()))];
         let c = counts_by_suite(&["crud".into(), "sessions".into()], &reports);
-        assert_eq!(
-            c[0].1,
-            Counts {
-                passed: 1,
-                failed: 1,
-                skipped: 1
-            }
-        );
+        assert_eq!(c[0].1, Counts { passed: 1, failed: 1, skipped: 1 });
         assert_eq!(c[1].1, Counts::default());
     }
 
@@ -154,11 +126,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("spec-runner-list-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("list.txt");
-        let reports = vec![
-            rep("b :: x", Status::Pass),
-            rep("a :: y", Status::Pass),
-            rep("c", Status::Fail("f".into())),
-        ];
+        let reports =
+            vec![rep("b :: x", Status::Pass), rep("a :: y", Status::Pass), rep("c", Status::Fail("f".into()))];
         assert_eq!(write_list(&path, &reports).unwrap(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "a :: y\nb :: x\n");

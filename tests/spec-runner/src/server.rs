@@ -10,8 +10,7 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `fake-mongod` on a free loopback port as replica set `rs0`.
     pub fn start() -> Result<InProcess> {
-        let server = fake_mongod::FakeMongod::start_default()
-            .context("cannot start the in-process fake-mongod")?;
+        let server = fake_mongod::FakeMongod::start_default().context("cannot start the in-process fake-mongod")?;
         Ok(InProcess { server })
     }
 

@@ -9,15 +9,8 @@ use bson::{Bson, Document};
 pub const SUPPORTED_SCHEMA: (u32, u32) = (1, 28);
 
 /// The default suites: the seven folders of the spec-test copy.
-pub const DEFAULT_SUITES: [&str; 7] = [
-    "change-streams",
-    "collection-management",
-    "crud",
-    "index-management",
-    "run-command",
-    "sessions",
-    "transactions",
-];
+pub const DEFAULT_SUITES: [&str; 7] =
+    ["change-streams", "collection-management", "crud", "index-management", "run-command", "sessions", "transactions"];
 
 /// One unified test file, parsed into BSON (extended JSON decoded).
 #[derive(Debug, Clone)]
@@ -76,18 +69,13 @@ pub fn load_suite(spec_dir: &Path, suite: &str) -> Result<Vec<TestFile>> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let doc = parse_json_document(&text).with_context(|| format!("in {rel}"))?;
         if !doc.contains_key("schemaVersion") || !doc.contains_key("tests") {
             // not a unified-format file
             continue;
         }
-        files.push(TestFile {
-            rel_path: rel,
-            suite: suite.to_string(),
-            doc,
-        });
+        files.push(TestFile { rel_path: rel, suite: suite.to_string(), doc });
     }
     Ok(files)
 }
@@ -151,14 +139,11 @@ pub fn check_requirement(req: &Document, server: &ServerInfo) -> Result<(), Stri
                 }
             }
             "topologies" => {
-                let list: Vec<&str> = value
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Bson::as_str).collect())
-                    .unwrap_or_default();
-                let ok = list.iter().any(|t| {
-                    *t == server.topology
-                        || (*t == "sharded-replicaset" && server.topology == "sharded")
-                });
+                let list: Vec<&str> =
+                    value.as_array().map(|a| a.iter().filter_map(Bson::as_str).collect()).unwrap_or_default();
+                let ok = list
+                    .iter()
+                    .any(|t| *t == server.topology || (*t == "sharded-replicaset" && server.topology == "sharded"));
                 if !ok {
                     return Err(format!("topology {} not in {list:?}", server.topology));
                 }
@@ -231,9 +216,7 @@ pub fn file_skip_reason(file: &TestFile, server: &ServerInfo) -> Option<String> 
             }
         }
     }
-    check_requirements(file.doc.get("runOnRequirements"), server)
-        .err()
-        .map(|r| format!("requirement: {r}"))
+    check_requirements(file.doc.get("runOnRequirements"), server).err().map(|r| format!("requirement: {r}"))
 }
 
 /// Why one test cannot run (`skipReason` or its own requirements), if so.
@@ -241,9 +224,7 @@ pub fn test_skip_reason(test: &Document, server: &ServerInfo) -> Option<String> 
     if let Ok(reason) = test.get_str("skipReason") {
         return Some(format!("skipReason: {reason}"));
     }
-    check_requirements(test.get("runOnRequirements"), server)
-        .err()
-        .map(|r| format!("requirement: {r}"))
+    check_requirements(test.get("runOnRequirements"), server).err().map(|r| format!("requirement: {r}"))
 }
 
 /// Server-parameter names any requirement in the files mentions.
@@ -294,32 +275,21 @@ mod tests {
     #[test]
     fn requirements() {
         let s = server();
-        assert!(
-            check_requirement(
-                &doc! {"minServerVersion": "4.0", "topologies": ["replicaset"]},
-                &s
-            )
-            .is_ok()
-        );
+        assert!(check_requirement(&doc! {"minServerVersion": "4.0", "topologies": ["replicaset"]}, &s).is_ok());
         assert!(check_requirement(&doc! {"minServerVersion": "8.0"}, &s).is_err());
         assert!(check_requirement(&doc! {"maxServerVersion": "4.2.99"}, &s).is_err());
         assert!(check_requirement(&doc! {"topologies": ["sharded", "load-balanced"]}, &s).is_err());
         assert!(check_requirement(&doc! {"serverless": "forbid"}, &s).is_ok());
         assert!(check_requirement(&doc! {"auth": true}, &s).is_err());
         assert!(check_requirement(&doc! {"auth": false}, &s).is_ok());
-        let list = Bson::Array(vec![
-            doc! {"topologies": ["sharded"]}.into(),
-            doc! {"minServerVersion": "4.4"}.into(),
-        ]);
+        let list = Bson::Array(vec![doc! {"topologies": ["sharded"]}.into(), doc! {"minServerVersion": "4.4"}.into()]);
         assert!(check_requirements(Some(&list), &s).is_ok());
     }
 
     #[test]
     fn extended_json_is_decoded() {
-        let d = parse_json_document(
-            r#"{"a": {"$numberLong": "5"}, "b": 1, "c": 1.5, "d": {"$$exists": true}}"#,
-        )
-        .unwrap();
+        let d =
+            parse_json_document(r#"{"a": {"$numberLong": "5"}, "b": 1, "c": 1.5, "d": {"$$exists": true}}"#).unwrap();
         assert_eq!(d.get("a"), Some(&Bson::Int64(5)));
         assert_eq!(d.get("b"), Some(&Bson::Int32(1)));
         assert_eq!(d.get("c"), Some(&Bson::Double(1.5)));
@@ -351,11 +321,7 @@ mod tests {
                 if file_skip_reason(&f, &server).is_some() {
                     continue;
                 }
-                runnable += f
-                    .tests()
-                    .iter()
-                    .filter(|t| test_skip_reason(t, &server).is_none())
-                    .count();
+                runnable += f.tests().iter().filter(|t| test_skip_reason(t, &server).is_none()).count();
             }
         }
         assert_eq!(runnable, 653);
