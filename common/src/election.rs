@@ -2,10 +2,11 @@
 //!
 //! # Protocol
 //!
-//! - **Campaign**: claim the leader key with [`try_claim`](crate::claim::try_claim) (put-if-absent, bound to the
-//!   candidate's lease). A loser watches the key from just after the revision it read and
-//!   tries again once it is deleted (resign, revoke or lease expiry). No polling, and no missed
-//!   deletion between the read and the watch.
+//! - **Campaign**: claim the leader key with [`try_claim`](crate::claim::try_claim)
+//!   (put-if-absent, bound to the candidate's lease). A loser watches the key from just after
+//!   the revision it read and tries again once it is deleted (resign, revoke or lease expiry).
+//!   No polling, and no missed deletion between the read and the watch; if that history is
+//!   gone (compacted), it re-reads the key and watches from the read's revision.
 //! - **Leadership** lasts while the leader key is the one we created *and* our lease keeper
 //!   says the lease is alive. The second condition flips first when the store becomes
 //!   unreachable: the keeper self-fences a margin before the deadline, so an old leader stops
