@@ -266,7 +266,8 @@ impl MongoClusters {
 
     async fn client(uri: &str, name: &str) -> Result<(Client, String), TopologyError> {
         let mut options = client_options(uri, name).await.map_err(TopologyError::Client)?;
-        options.server_selection_timeout = Some(PROBE_SERVER_SELECTION_TIMEOUT);
+        // A timeout given in the URI wins; otherwise do not wait the driver's 30 s default.
+        options.server_selection_timeout.get_or_insert(PROBE_SERVER_SELECTION_TIMEOUT);
         let hosts = options.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         let client = Client::with_options(options)
             .map_err(|error| TopologyError::Client(format!("{name}: {}", redact_text(&error.to_string(), uri))))?;

@@ -832,7 +832,7 @@ async fn progress_stays_cheap_with_thousands_of_tasks() {
     assert_eq!(collections.len(), 10);
     assert_eq!(collections[0]["partitions"], 300);
     assert_eq!(collections[0]["partitionsDone"], 150);
-    assert!(elapsed < Duration::from_secs(2), "progress over 6000 keys took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "progress over 6000 keys took {elapsed:?}");
 }
 
 #[tokio::test]

@@ -188,3 +188,59 @@ fn a_good_configuration_serves_the_api_until_sigterm() {
     assert!(!log.contains(SECRET), "a credential leaked to the log file");
     assert!(dir.path().join("state").is_dir(), "the embedded store lives in --stateDir");
 }
+
+/// The binary against two live replica sets: `/start` over HTTP probes them and records the
+/// direction; bad bodies are refused. Works whether or not the full node runs the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_starts_a_sync_between_two_live_replica_sets() {
+    let source = fake_mongod::FakeMongod::start_default().unwrap();
+    let destination = fake_mongod::FakeMongod::start_default().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BINARY)
+        .args(["--cluster0", &source.uri(), "--cluster1", &destination.uri(), "--acceptDisclaimer"])
+        .args(["--port", &port.to_string(), "--stateDir", dir.path().join("state").to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base}/progress")).send().await.is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "clustersync exited early");
+        assert!(Instant::now() < deadline, "the api never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let reply = http
+        .post(format!("{base}/start"))
+        .body(r#"{"source": "cluster0", "destination": "cluster1", "sharding": {"shardingEntries": []}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 400);
+    let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(body["error"], "InvalidOption", "{body}");
+
+    let reply = http
+        .post(format!("{base}/start"))
+        .body(r#"{"source": "cluster0", "destination": "cluster1"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!((status, body.clone()), (200, serde_json::json!({"success": true})));
+
+    let body: serde_json::Value = http.get(format!("{base}/progress")).send().await.unwrap().json().await.unwrap();
+    let progress = &body["progress"];
+    assert_ne!(progress["state"], "IDLE", "{body}");
+    assert_eq!(progress["directionMapping"]["Source"], format!("cluster0: 127.0.0.1:{}", source.port()));
+    assert_eq!(progress["directionMapping"]["Destination"], format!("cluster1: 127.0.0.1:{}", destination.port()));
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
