@@ -232,14 +232,18 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         ..Default::default()
     };
     tracing::debug!(conn = conn.id, peer = %peer, "connection accepted");
+    let mut msg = Vec::new();
     loop {
-        let msg = tokio::select! {
+        tokio::select! {
             _ = kill.changed() => break,
-            r = wire::read_message(&mut rd) => match r {
-                Ok(Some(m)) => m,
+            r = wire::read_message_into(&mut rd, &mut msg) => match r {
+                Ok(true) => {}
                 _ => break,
             },
-        };
+        }
+        if msg.capacity() > 8 * 1024 * 1024 && msg.len() < 1024 * 1024 {
+            msg.shrink_to(1024 * 1024);
+        }
         let out = tokio::select! {
             _ = kill.changed() => break,
             o = commands::handle_message(&shared, &mut conn, &msg) => o,

@@ -68,6 +68,26 @@ fn rd_i32(b: &[u8], at: usize) -> Result<i32> {
         .ok_or_else(|| Error::parse("truncated message"))
 }
 
+/// Reads one whole message (header included) into `buf` (reused across calls).
+/// Returns false on clean EOF.
+pub async fn read_message_into<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let n = i32::from_le_bytes(len);
+    if n < 16 || n as usize > MAX_MESSAGE_SIZE {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad message length {n}")));
+    }
+    buf.clear();
+    buf.resize(n as usize, 0);
+    buf[..4].copy_from_slice(&len);
+    r.read_exact(&mut buf[4..]).await?;
+    Ok(true)
+}
+
 /// Reads one whole message (header included) from the stream. Returns None on clean EOF.
 pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];

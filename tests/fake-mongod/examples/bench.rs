@@ -1,0 +1,53 @@
+//! Raw insert and scan rates of fake-mongod with one client (official Rust driver).
+//!
+//! `cargo run --release -p fake-mongod --example bench -- [DOCS]`
+
+use std::time::Instant;
+
+use bson::{Document, doc};
+use futures::TryStreamExt;
+use mongodb::Client;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let total: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let server = fake_mongod::FakeMongod::start_default()?;
+    let client = Client::with_uri_str(server.uri()).await?;
+    let coll = client.database("bench").collection::<Document>("docs");
+    let pad = "x".repeat(900);
+    let batches: Vec<Vec<Document>> = (0..total / 1000)
+        .map(|b| {
+            (0..1000)
+                .map(|i| doc! {"_id": (b * 1000 + i) as i64, "n": i as i32, "tag": "bench", "pad": pad.clone()})
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    for batch in batches {
+        coll.insert_many(batch).await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let inserted = (total / 1000) * 1000;
+    println!("insert: {inserted} docs in {secs:.2}s = {:.0} docs/s", inserted as f64 / secs);
+    for round in 0..2 {
+        let start = Instant::now();
+        let mut cursor = coll.find(doc! {}).await?;
+        let mut n = 0usize;
+        while cursor.advance().await? {
+            n += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("scan#{round}: {n} docs in {secs:.2}s = {:.0} docs/s", n as f64 / secs);
+    }
+    let start = Instant::now();
+    let docs: Vec<Document> =
+        coll.find(doc! {"_id": {"$gte": 1000i64, "$lt": 51_000i64}}).sort(doc! {"_id": 1}).await?.try_collect().await?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "range scan (decoded by the client): {} docs in {secs:.2}s = {:.0} docs/s",
+        docs.len(),
+        docs.len() as f64 / secs
+    );
+    server.shutdown();
+    Ok(())
+}
