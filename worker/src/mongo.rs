@@ -112,7 +112,7 @@ pub async fn client_options(uri: &str, cluster_name: &str) -> Result<ClientOptio
     {
         return Err(format!("{cluster_name} uri {redacted}: invalid uri option, write concern must be majority"));
     }
-    if options.socket_timeout.is_some() {
+    if uri.to_ascii_lowercase().contains("sockettimeoutms=") {
         return Err(format!("{cluster_name} uri {redacted}: socketTimeoutMS is not supported, remove it"));
     }
     options.app_name = Some(APP_NAME.to_string());
