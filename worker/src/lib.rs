@@ -9,3 +9,16 @@
 //! - [`mongo`]: connections to both clusters, URI redaction, retry with backoff.
 //! - [`settings`]: data-plane tunables.
 //! - [`context`]: what an executor gets — clusters, fenced checkpoint writer, state, cancellation.
+//! - [`cdc`]: change streams — spool during the copy, apply in parallel by document, DDL barriers.
+//! - [`bson_order`]: MongoDB's order of BSON values and the `_id` type brackets.
+
+pub mod bson_order;
+pub mod cdc;
+pub mod error;
+pub mod mongo;
+pub mod settings;
+pub mod context;
+pub mod copy;
+pub mod partition;
+pub mod schema;
+pub mod verify;
