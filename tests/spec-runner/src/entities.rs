@@ -384,7 +384,10 @@ fn session_options(doc: &Document, ents: &Entities) -> Result<SessionOptions> {
     if let Ok(id) = doc.get_str("snapshotTime") {
         match ents.map.get(id) {
             Some(Entity::Value(Bson::Timestamp(ts))) => o.snapshot_time = Some(*ts),
-            _ => bail!("snapshotTime entity {id:?} is not a saved timestamp"),
+            Some(Entity::Value(other)) => {
+                bail!("snapshotTime entity {id:?} is {other}, not a timestamp (the session learned no snapshot time)")
+            }
+            _ => bail!("no snapshotTime entity {id:?}"),
         }
     }
     o.causal_consistency = doc.get("causalConsistency").and_then(Bson::as_bool);
