@@ -12,12 +12,14 @@
 //!   state document, shared by the REST and gRPC APIs — and the error names of the API.
 //! - [`progress`]: the `/progress` report, aggregated from the store over the whole fleet.
 //! - [`api`]: the mongosync-compatible REST API over [`control::Control`].
+//! - [`leader`]: the elected coordinator — setup, planning, copy completion, commit, failure.
 //! - [`node`]: one process with its roles (coordinator, worker, or both).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod leader;
 pub mod logging;
 pub mod node;
 pub mod progress;

@@ -1,19 +1,35 @@
 //! One clustersync process: opens the coordination store and runs the roles it was given.
 //!
-//! This version serves the REST API over the store; the leader loop and the worker runtime are
-//! wired in by the full node.
+//! - **coordinator**: serves the REST API (any coordinator accepts commands: they are
+//!   compare-and-swaps on the state document, so they reach every process through the store) and
+//!   campaigns to lead the migration ([`crate::leader`]);
+//! - **worker**: claims and runs tasks ([`clustersync_worker::runtime`]).
+//!
+//! Single-process mode runs both over the embedded store; distributed mode runs them in
+//! separate processes over etcd — the same code either way.
+//!
+//! The process holds one lease in the store for its registration, its claims and (when leading)
+//! its leadership. If the lease is lost (the process was frozen, or cut off from the store longer
+//! than the TTL), every role stops its lease-bound work at once and the process starts over with a
+//! new lease: its old claims may already belong to someone else, so it must not assume anything
+//! it held before.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clustersync_common::keys::Keys;
+use clustersync_common::lease::{LeaseHandle, LeaseKeeper};
+use clustersync_common::model::{self, InstanceInfo, Role};
 use clustersync_common::store::{EmbeddedStore, EtcdStore, EtcdStoreOptions, Store};
+use clustersync_worker::runtime::{ClusterUris, WorkerRuntime};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::leader::Leader;
 use crate::topology::MongoClusters;
 
 /// The roles a process runs.
@@ -24,6 +40,9 @@ pub struct Roles {
     /// Claims and runs tasks.
     pub worker: bool,
 }
+
+/// Pause before starting over after the lease was lost, so a flapping store is not hammered.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Opens the coordination store the configuration names: etcd when endpoints are set,
 /// otherwise the embedded store in `stateDir`.
@@ -60,13 +79,137 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let store = open_store(&config).await?;
     let keys = Keys::new(&config.etcd.root_prefix, &config.migration_name)?;
     info!(id = %config.id, migration = %config.migration_name, store = store.kind(), ?roles, "clustersync starting");
-    if !roles.coordinator {
-        shutdown.cancelled().await;
-        return Ok(());
+
+    let api_address = SocketAddr::new(config.bind_address, config.port);
+    let mut api_task = None;
+    if roles.coordinator {
+        let clusters = MongoClusters::connect(&config.cluster0, &config.cluster1).await?;
+        let control = Arc::new(Control::new(store.clone(), keys.clone(), config.id.clone(), Arc::new(clusters)));
+        let listener = crate::api::bind(api_address)
+            .await
+            .with_context(|| format!("cannot listen on {api_address} for the REST API"))?;
+        let api_shutdown = shutdown.clone();
+        api_task = Some(tokio::spawn(async move { crate::api::serve(listener, control, api_shutdown).await }));
     }
-    let clusters = MongoClusters::connect(&config.cluster0, &config.cluster1).await?;
-    let control = Arc::new(Control::new(store, keys, config.id.clone(), Arc::new(clusters)));
-    let listener = crate::api::bind(SocketAddr::new(config.bind_address, config.port)).await?;
-    crate::api::serve(listener, control, shutdown).await?;
+
+    let uris = ClusterUris { cluster0: config.cluster0.clone(), cluster1: config.cluster1.clone() };
+    let settings = Arc::new(config.worker.clone());
+    while !shutdown.is_cancelled() {
+        let keeper = match LeaseKeeper::start(store.clone(), config.etcd.lease_ttl).await {
+            Ok(keeper) => keeper,
+            Err(error) => {
+                warn!(%error, "cannot obtain a lease from the coordination store; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RESTART_PAUSE) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let lease = keeper.handle();
+        if let Err(error) = register(store.as_ref(), &keys, &config, roles, api_address, &lease).await {
+            warn!(%error, "cannot register this process; retrying");
+            tokio::time::sleep(RESTART_PAUSE).await;
+            continue;
+        }
+        let term = CancellationToken::new();
+        let mut roles_running = tokio::task::JoinSet::new();
+        if roles.coordinator {
+            let leader = Leader {
+                store: store.clone(),
+                keys: keys.clone(),
+                migration: config.migration_name.clone(),
+                instance: config.id.clone(),
+                uris: uris.clone(),
+                settings: settings.clone(),
+            };
+            let (lease, term) = (lease.clone(), term.clone());
+            roles_running
+                .spawn(async move { leader.run(lease, term).await.map_err(|e| anyhow::anyhow!("leader: {e}")) });
+        }
+        if roles.worker {
+            let runtime = WorkerRuntime {
+                store: store.clone(),
+                keys: keys.clone(),
+                migration: config.migration_name.clone(),
+                instance: config.id.clone(),
+                lease: lease.clone(),
+                settings: settings.clone(),
+                uris: uris.clone(),
+            };
+            let term = term.clone();
+            roles_running.spawn(async move { runtime.run(term).await.map_err(|e| anyhow::anyhow!("worker: {e}")) });
+        }
+        // Wait for shutdown or for any role to end (they end on their own only when the lease is
+        // lost); then stop the others and start over with a new lease.
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = lease.lost() => warn!("lease lost; restarting this process's roles with a new lease"),
+            Some(ended) = roles_running.join_next() => match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => warn!(%error, "a role stopped; restarting with a new lease"),
+                Err(error) => warn!(%error, "a role panicked; restarting with a new lease"),
+            },
+        }
+        term.cancel();
+        while roles_running.join_next().await.is_some() {}
+        if shutdown.is_cancelled() {
+            // Revoking the lease drops our claims and registration at once, so other processes
+            // (or this one, restarted) take over without waiting for the TTL.
+            if let Err(error) = keeper.revoke().await {
+                warn!(%error, "could not revoke the lease on shutdown");
+            }
+            break;
+        }
+        drop(keeper);
+        tokio::time::sleep(RESTART_PAUSE).await;
+    }
+    if let Some(api_task) = api_task {
+        match api_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "rest api stopped with an error"),
+            Err(error) => warn!(%error, "rest api task failed"),
+        }
+    }
+    info!("clustersync stopped");
     Ok(())
+}
+
+/// Publishes `{m}/instances/{id}` under the process's lease.
+async fn register(
+    store: &dyn Store,
+    keys: &Keys,
+    config: &Config,
+    roles: Roles,
+    api_address: SocketAddr,
+    lease: &LeaseHandle,
+) -> anyhow::Result<()> {
+    let mut role_list = Vec::new();
+    if roles.coordinator {
+        role_list.push(Role::Coordinator);
+    }
+    if roles.worker {
+        role_list.push(Role::Worker);
+    }
+    let info = InstanceInfo {
+        id: config.id.clone(),
+        roles: role_list,
+        api_address: roles.coordinator.then(|| api_address.to_string()),
+        grpc_address: None,
+        hostname: hostname(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at_ms: model::now_ms(),
+        task_slots: if roles.worker { config.worker.task_slots } else { 0 },
+    };
+    store.put(&keys.instance(&config.id), model::encode(&info), Some(lease.lease_id())).await?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_string())
 }

@@ -10,15 +10,17 @@
 //! - [`settings`]: data-plane tunables.
 //! - [`context`]: what an executor gets — clusters, fenced checkpoint writer, state, cancellation.
 //! - [`cdc`]: change streams — spool during the copy, apply in parallel by document, DDL barriers.
+//! - [`runtime`]: the worker process loop — claim tasks, run them, settle their claims.
 //! - [`bson_order`]: MongoDB's order of BSON values and the `_id` type brackets.
 
 pub mod bson_order;
 pub mod cdc;
-pub mod error;
-pub mod mongo;
-pub mod settings;
 pub mod context;
 pub mod copy;
+pub mod error;
+pub mod mongo;
 pub mod partition;
+pub mod runtime;
 pub mod schema;
+pub mod settings;
 pub mod verify;
