@@ -160,7 +160,34 @@ fn cmp_arrays(a: &[Bson], b: &[Bson]) -> Ordering {
     a.len().cmp(&b.len())
 }
 
-/// MongoDB's total order over BSON values (simple collation).
+thread_local! {
+    static CASE_INSENSITIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with string comparisons made case-insensitive (collation strength 1 or 2).
+pub fn with_collation<T>(collation: Option<&Document>, f: impl FnOnce() -> T) -> T {
+    let ci = collation.is_some_and(|c| {
+        c.get_str("locale").is_ok_and(|l| l != "simple") && c.get("strength").and_then(as_i64).is_some_and(|s| s <= 2)
+    });
+    if !ci {
+        return f();
+    }
+    let prev = CASE_INSENSITIVE.with(|c| c.replace(true));
+    let out = f();
+    CASE_INSENSITIVE.with(|c| c.set(prev));
+    out
+}
+
+fn cmp_strings(x: &str, y: &str) -> Ordering {
+    if CASE_INSENSITIVE.with(|c| c.get()) {
+        x.to_lowercase().cmp(&y.to_lowercase())
+    } else {
+        x.as_bytes().cmp(y.as_bytes())
+    }
+}
+
+/// MongoDB's total order over BSON values (simple collation unless a case-insensitive
+/// collation is active, see [`with_collation`]).
 pub fn compare(a: &Bson, b: &Bson) -> Ordering {
     let (ra, rb) = (bracket(a), bracket(b));
     if ra != rb {
@@ -168,7 +195,7 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
     }
     match (a, b) {
         _ if ra == 10 => cmp_numbers(a, b),
-        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Bson::String(x) | Bson::Symbol(x), Bson::String(y) | Bson::Symbol(y)) => cmp_strings(x, y),
         (Bson::Document(x), Bson::Document(y)) => cmp_docs(x, y),
         (Bson::Array(x), Bson::Array(y)) => cmp_arrays(x, y),
         (Bson::Binary(x), Bson::Binary(y)) => x

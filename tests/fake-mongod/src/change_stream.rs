@@ -87,6 +87,35 @@ pub struct ChangeStream {
     skip_until: Option<(u64, u8)>,
 }
 
+const KNOWN_STAGES: [&str; 26] = [
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+    "$redact",
+    "$sort",
+    "$skip",
+    "$limit",
+    "$group",
+    "$count",
+    "$sample",
+    "$bucketAuto",
+    "$bucket",
+    "$unwind",
+    "$lookup",
+    "$unionWith",
+    "$facet",
+    "$sortByCount",
+    "$out",
+    "$merge",
+    "$documents",
+    "$collStats",
+    "$changeStream",
+];
+
 fn internal_db(db: &str) -> bool {
     matches!(db, "admin" | "config" | "local")
 }
@@ -115,6 +144,9 @@ impl ChangeStream {
         }
         for st in &pipeline {
             let name = st.keys().next().map(String::as_str).unwrap_or("");
+            if !name.is_empty() && !KNOWN_STAGES.contains(&name) {
+                return Err(Error::new(40324, format!("Unrecognized pipeline stage name: '{name}'")));
+            }
             if !matches!(
                 name,
                 "$match" | "$project" | "$addFields" | "$set" | "$unset" | "$replaceRoot" | "$replaceWith" | "$redact"

@@ -78,6 +78,9 @@ pub struct State {
     pub term: i64,
     /// Last time anything was written to the oplog.
     pub last_write: Instant,
+    /// Until then, awaitable hellos answer at once (after a state-change error, so drivers
+    /// that marked the server Unknown rediscover it without waiting for `maxAwaitTimeMS`).
+    pub fast_hello_until: Option<Instant>,
 }
 
 impl State {
@@ -142,6 +145,7 @@ impl Shared {
                 election_id: ObjectId::new(),
                 term: 1,
                 last_write: Instant::now(),
+                fast_hello_until: None,
             }),
             oplog_notify: Notify::new(),
             topology_tx,

@@ -113,8 +113,31 @@ impl Sessions {
         self.map.is_empty()
     }
 
+    /// True if another session's open transaction has a pending write to one of `keys`.
+    pub fn others_wrote(&self, me: &Document, keys: &[(String, String, Bson)]) -> bool {
+        let mine = lsid_key(me);
+        self.map.iter().filter(|(k, s)| **k != mine && s.state == TxnState::InProgress).any(|(_, s)| {
+            s.txn.as_ref().is_some_and(|t| {
+                t.ops.iter().filter_map(op_key).any(|(d, c, id)| {
+                    keys.iter().any(|(kd, kc, kid)| *kd == d && *kc == c && crate::bson_order::values_equal(kid, &id))
+                })
+            })
+        })
+    }
+
     /// Iterates sessions mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
         self.map.values_mut()
     }
+}
+
+/// The document a pending write touches: `(db, coll, _id)`.
+pub fn op_key(p: &Pending) -> Option<(String, String, Bson)> {
+    use crate::oplog::Kind;
+    let id = match &p.kind {
+        Kind::Insert { doc } => doc.get("_id").ok().flatten().and_then(|v| Bson::try_from(v.to_raw_bson()).ok())?,
+        Kind::Update { id, .. } | Kind::Replace { id, .. } | Kind::Delete { id, .. } => id.clone(),
+        _ => return None,
+    };
+    Some((p.db.clone(), p.coll.clone(), id))
 }

@@ -245,3 +245,19 @@ async fn get_parameter_and_status_commands() {
     assert_eq!(ct.get_document("signature").unwrap().get_i64("keyId").unwrap(), 0);
     assert!(r.get_timestamp("operationTime").is_ok());
 }
+
+#[tokio::test]
+async fn not_primary_errors_are_recovered_quickly() {
+    let s = common::server();
+    let c = common::client(&s).await;
+    let coll = c.database("np").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    c.database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {"failCommands": ["find"], "errorCode": 10107}})
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    // the driver marks the server Unknown, rediscovers it and retries the read
+    assert!(coll.find_one(doc! {}).await.unwrap().is_some());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}

@@ -827,6 +827,29 @@ fn eval_op(op: &str, v: &Bson, root: &Bson, vars: &Vars) -> Result<Bson> {
                 _ => MISSING,
             }
         }
+        "$setField" | "$unsetField" => {
+            let d = v
+                .as_document()
+                .ok_or_else(|| Error::new(4161100, format!("{op} only supports an object as its argument")))?;
+            let field = match eval(d.get("field").unwrap_or(&Bson::Null), root, vars)? {
+                Bson::String(s) => s,
+                _ => return Err(Error::new(4161106, format!("{op} requires 'field' to evaluate to type String"))),
+            };
+            let input = eval(d.get("input").unwrap_or(&Bson::Null), root, vars)?;
+            let mut out = match input {
+                Bson::Document(doc) => doc,
+                x if nullish(&x) => return Ok(Bson::Null),
+                _ => return Err(Error::new(4161105, format!("{op} requires 'input' to evaluate to type Object"))),
+            };
+            let value =
+                if op == "$setField" { eval(d.get("value").unwrap_or(&Bson::Null), root, vars)? } else { MISSING };
+            if is_missing(&value) {
+                out.remove(&field);
+            } else {
+                out.insert(field, value);
+            }
+            Bson::Document(out)
+        }
         "$max" | "$min" | "$sum" | "$avg" => {
             let xs = a()?;
             let flat: Vec<Bson> = if xs.len() == 1 {

@@ -82,8 +82,11 @@ pub async fn hello(ctx: &mut Ctx<'_>) -> Result<Reply> {
         let same_process = tv.get_object_id("processId").ok() == Some(ctx.shared.process_id);
         let counter = tv.get("counter").and_then(crate::bson_order::as_i64).unwrap_or(-1);
         let mut rx = ctx.shared.topology_tx.subscribe();
-        let current = ctx.shared.state.lock().topology_counter;
-        if same_process && counter == current {
+        let (current, fast) = {
+            let st = ctx.shared.state.lock();
+            (st.topology_counter, st.fast_hello_until.is_some_and(|t| std::time::Instant::now() < t))
+        };
+        if same_process && counter == current && !fast {
             let _ = tokio::time::timeout(Duration::from_millis(max_wait.max(0) as u64), rx.changed()).await;
         }
     }

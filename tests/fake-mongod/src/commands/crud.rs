@@ -577,6 +577,9 @@ pub fn update(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
     let bypass = ctx.cmd.get_bool("bypassDocumentValidation").unwrap_or(false);
     let vars = Vars::from_let(ctx.cmd.get_document("let").ok())?;
+    if stmts.iter().any(|s| s.contains_key("sort")) {
+        return Err(Error::new(40415, "BSON field 'update.updates.sort' is an unknown field."));
+    }
     let db = ctx.db.clone();
     let (n, nmod, upserted, errors) = with_scope(ctx, st, |sc| {
         let (mut n, mut nmod) = (0i64, 0i64);

@@ -379,7 +379,20 @@ fn write_out(ctx: &Ctx, st: &mut State, last: &Document, docs: Vec<Document>) ->
                     }
                     Bson::String(s) if s == "keepExisting" => continue,
                     Bson::String(s) if s == "fail" => {
-                        return Err(Error::new(11000, format!("E11000 duplicate key error collection: {tdb}.{tcoll}")));
+                        let mut key_pattern = Document::new();
+                        let mut parts = Vec::new();
+                        for (k, v) in &q {
+                            key_pattern.insert(k.clone(), 1);
+                            parts.push(format!("{k}: {}", crate::storage::shell_fmt(v)));
+                        }
+                        return Err(Error::new(
+                            11000,
+                            format!(
+                                "E11000 duplicate key error collection: {tdb}.{tcoll} index: _id_ dup key: {{ {} }}",
+                                parts.join(", ")
+                            ),
+                        )
+                        .with_extra(doc! {"keyPattern": key_pattern, "keyValue": q.clone()}));
                     }
                     Bson::Array(p) => {
                         crate::update::UpdateKind::Pipeline(p.iter().filter_map(|x| x.as_document().cloned()).collect())
@@ -510,6 +523,14 @@ pub fn aggregate(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
             ..Default::default()
         }));
     }
+    if pipeline.last().and_then(|s| s.keys().next()).is_some_and(|n| n == "$out" || n == "$merge")
+        && cmd.get_document("readConcern").ok().and_then(|r| r.get_str("level").ok()) == Some("linearizable")
+    {
+        return Err(Error::new(
+            72,
+            "{aggregate: ...} with a $out or $merge stage does not support readConcern level linearizable",
+        ));
+    }
     let (mut stages, out_stage) = match pipeline.last().and_then(|s| s.keys().next()).map(String::as_str) {
         Some("$out") | Some("$merge") => (pipeline[..pipeline.len() - 1].to_vec(), pipeline.last().cloned()),
         _ => (pipeline.clone(), None),
@@ -525,10 +546,19 @@ pub fn aggregate(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
                 format!("{{aggregate: 1}} is not valid for '{first_name}'; a collection is required."),
             ));
         }
-        if first_name != "$documents" {
+        if first_name == "$listLocalSessions" {
             stages.remove(0);
+            let mut docs = Vec::new();
+            if let Some(l) = &ctx.lsid {
+                docs.push(doc! {"_id": {"id": l.get("id").cloned().unwrap_or(Bson::Null), "uid": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0u8; 32] }}, "lastUse": bson::DateTime::now()});
+            }
+            docs
+        } else {
+            if first_name != "$documents" {
+                stages.remove(0);
+            }
+            Vec::new()
         }
-        Vec::new()
     } else {
         // leading $match uses the planner
         let leading: Option<Document> = match stages.first().and_then(|s| s.get_document("$match").ok()) {

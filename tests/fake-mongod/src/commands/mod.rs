@@ -182,8 +182,15 @@ pub fn with_scope<T>(ctx: &Ctx, st: &mut State, f: impl FnOnce(&mut Scope) -> Re
         let sess = sessions.get(lsid);
         let txn = sess.txn.as_mut().ok_or_else(|| Error::new(251, "transaction is not in progress"))?;
         let crate::session::Txn { overlay, snapshots, ops, .. } = txn;
+        let before = ops.len();
         let mut sc = Scope { cat: overlay, base: Some(catalog), snapshots: Some(snapshots), ops };
-        f(&mut sc)
+        let r = f(&mut sc)?;
+        let keys: Vec<(String, String, Bson)> = sc.ops[before..].iter().filter_map(crate::session::op_key).collect();
+        if !keys.is_empty() && sessions.others_wrote(lsid, &keys) {
+            return Err(Error::new(112, "Write conflict during plan execution and yielding is disabled. :: Please retry your operation or multi-document transaction.")
+                .with_label("TransientTransactionError"));
+        }
+        Ok(r)
     } else {
         let mut ops = Vec::new();
         let r = {
@@ -321,14 +328,24 @@ pub async fn handle_message(shared: &Arc<Shared>, conn: &mut ConnInfo, msg: &[u8
         Err(Error::CloseConnection) => return Outcome::Close,
         Err(mut e) => {
             let fixed = NoMoreLabels::take(&mut e);
-            let e = if fixed { e } else { add_labels(&ctx, e) };
+            let mut e = if fixed { e } else { add_labels(&ctx, e) };
+            if e.code() == 280 {
+                e = e.with_label("NonResumableChangeStreamError");
+            }
+            if STATE_CHANGE_CODES.contains(&e.code()) {
+                e = e.with_extra(state_change(shared));
+            }
             tracing::debug!(cmd = %ctx.name, code = e.code(), error = %e.message(), "command failed");
             Err(e.to_reply())
         }
-        Ok((r, wce)) => match wce {
+        Ok((r, wce)) => match wce.or_else(|| write_concern_error(&ctx)) {
             None => Ok(r),
             Some((wce, labels)) => match r {
                 Reply::Doc(mut d) => {
+                    let code = wce.get("code").and_then(crate::bson_order::as_i64).unwrap_or(0) as i32;
+                    if STATE_CHANGE_CODES.contains(&code) {
+                        state_change(shared);
+                    }
                     d.insert("writeConcernError", wce);
                     if !labels.is_empty() {
                         d.insert("errorLabels", labels);
@@ -345,6 +362,41 @@ pub async fn handle_message(shared: &Arc<Shared>, conn: &mut ConnInfo, msg: &[u8
     }
     let body = encode_reply(ts, result);
     Outcome::Reply(wire::encode_reply(req.kind, next_request_id(), req.request_id, &body, compressor, false))
+}
+
+/// Error codes of the NotPrimary and shutdown categories: drivers mark the server Unknown.
+const STATE_CHANGE_CODES: [i32; 7] = [10107, 13435, 13436, 11602, 189, 91, 11600];
+
+/// Bumps the topology version (waking awaitable hellos so drivers rediscover the primary at once)
+/// and returns the `topologyVersion` field to attach to the error.
+fn state_change(shared: &Arc<Shared>) -> Document {
+    let mut st = shared.state.lock();
+    shared.bump_topology(&mut st);
+    st.fast_hello_until = Some(std::time::Instant::now() + Duration::from_millis(500));
+    doc! {"topologyVersion": {"processId": shared.process_id, "counter": st.topology_counter}}
+}
+
+/// A write concern error for write concerns a one-member set cannot satisfy.
+fn write_concern_error(ctx: &Ctx) -> Option<(Document, Vec<String>)> {
+    if !(is_write_cmd(&ctx.name)
+        || is_ddl(&ctx.name)
+        || ctx.name == "commitTransaction"
+        || ctx.name == "abortTransaction")
+    {
+        return None;
+    }
+    let wc = ctx.cmd.get_document("writeConcern").ok()?;
+    match wc.get("w") {
+        Some(Bson::String(m)) if m != "majority" => Some((
+            doc! {"code": 79, "codeName": "UnknownReplWriteConcern", "errmsg": format!("No write concern mode named '{m}' found in replica set configuration")},
+            Vec::new(),
+        )),
+        Some(n) if crate::bson_order::as_i64(n).is_some_and(|n| n > 1) => Some((
+            doc! {"code": 100, "codeName": "UnsatisfiableWriteConcern", "errmsg": "Not enough data-bearing nodes"},
+            Vec::new(),
+        )),
+        _ => None,
+    }
 }
 
 fn next_request_id() -> i32 {
@@ -393,6 +445,12 @@ async fn execute(ctx: &mut Ctx<'_>) -> Result<(Reply, WceInfo)> {
         }
     }
     let r = dispatch(ctx).await?;
+    if let Some((w, _)) = &wce {
+        let code = w.get("code").and_then(crate::bson_order::as_i64).unwrap_or(0) as i32;
+        if STATE_CHANGE_CODES.contains(&code) {
+            state_change(ctx.shared);
+        }
+    }
     Ok((r, wce))
 }
 
@@ -475,7 +533,17 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
     } else {
         None
     };
-    let r = run_sync(ctx, st, &name);
+    if !ctx.in_txn
+        && ctx.cmd.get_document("readConcern").ok().and_then(|r| r.get_str("level").ok()) == Some("snapshot")
+        && !matches!(name.as_str(), "find" | "aggregate" | "distinct" | "getMore" | "explain")
+    {
+        return Err(Error::new(
+            72,
+            format!("Command {name} does not support {{ readConcern: {{ level: \"snapshot\" }} }}"),
+        ));
+    }
+    let collation = command_collation(&ctx.cmd, &ctx.seqs, st, &ctx.db);
+    let r = crate::bson_order::with_collation(collation.as_ref(), || run_sync(ctx, st, &name));
     if ctx.in_txn && !matches!(name.as_str(), "commitTransaction" | "abortTransaction") {
         let failed = match &r {
             Err(_) => true,
@@ -501,6 +569,33 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
         shared.notify_oplog();
     }
     r
+}
+
+/// The collation a command asks for (command-level, first statement, or the collection default).
+fn command_collation(
+    cmd: &Document,
+    seqs: &HashMap<String, Vec<RawDocumentBuf>>,
+    st: &State,
+    db: &str,
+) -> Option<Document> {
+    if let Ok(c) = cmd.get_document("collation") {
+        return Some(c.clone());
+    }
+    for field in ["updates", "deletes"] {
+        if let Some(first) = seqs.get(field).and_then(|v| v.first())
+            && let Ok(Some(bson::RawBsonRef::Document(c))) = first.get("collation")
+        {
+            return Document::try_from(c).ok();
+        }
+        if let Ok(a) = cmd.get_array(field)
+            && let Some(Bson::Document(first)) = a.first()
+            && let Ok(c) = first.get_document("collation")
+        {
+            return Some(c.clone());
+        }
+    }
+    let coll = cmd.iter().next().and_then(|(_, v)| v.as_str())?;
+    st.catalog.coll(db, coll).and_then(|c| c.options.get_document("collation").ok().cloned())
 }
 
 fn is_admin_like(name: &str) -> bool {
