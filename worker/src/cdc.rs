@@ -60,7 +60,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::cdc::apply::{ApplierShared, run_applier};
+use crate::cdc::apply::{ApplierShared, Tainted, run_applier};
 use crate::cdc::ddl::{DdlExecutor, DestinationDdl, SchemaDdl};
 use crate::cdc::dispatch::{DispatchItem, Dispatcher};
 use crate::cdc::intake::Intake;
@@ -360,6 +360,7 @@ impl Engine {
         };
         self.tasks.spawn(async move { ("intake", intake.run().await) });
 
+        let tainted = Tainted::default();
         let shared = Arc::new(ApplierShared {
             clusters: ctx.clusters.clone(),
             watermark: self.watermark.clone(),
@@ -369,6 +370,7 @@ impl Engine {
             retry_budget: settings.retry_budget,
             batch_events: settings.apply_batch_events.max(1),
             shard_keys: shard_keys(&ctx.options),
+            tainted: tainted.clone(),
         });
         let mut appliers = Vec::with_capacity(settings.appliers.max(1));
         for index in 0..settings.appliers.max(1) {
@@ -383,6 +385,7 @@ impl Engine {
             watermark: self.watermark.clone(),
             ddl: DdlExecutor {
                 target: self.ddl.clone(),
+                tainted,
                 source: ctx.clusters.source.clone(),
                 build_indexes: ctx.options.build_indexes,
                 cancel: ctx.cancel.clone(),

@@ -152,3 +152,44 @@ async fn convert_to_capped_fails_the_task_with_the_reason() {
     // Everything before the conversion was applied, nothing after.
     assert_eq!(harness.destination_coll("app", "orders").count_documents(doc! {}).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_repair_after_the_collection_was_renamed_away_is_settled_by_the_rename() {
+    let harness = Harness::start().await;
+    let running = harness.run().await;
+    harness.complete_copy().await;
+    harness.wait_live().await;
+
+    // The destination is slow, so the source is ahead: by the time the ambiguous update below
+    // (which is repaired by lookup) is applied, app.a is already called app.b on the source.
+    harness
+        .destination_fail_point(
+            bson::Bson::String("alwaysOn".into()),
+            doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 300},
+        )
+        .await;
+    let a = harness.source_coll("app", "a");
+    a.insert_one(doc! {"_id": 1, "byYear": {"2024": 1}}).await.unwrap();
+    a.update_one(doc! {"_id": 1}, doc! {"$set": {"byYear.2024": 2}}).await.unwrap();
+    harness.source_command("admin", doc! {"renameCollection": "app.a", "to": "app.b"}).await;
+    harness.source_coll("app", "b").insert_one(doc! {"_id": 2}).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    harness.destination_fail_point(bson::Bson::String("off".into()), doc! {}).await;
+
+    harness.wait_converged("after the deferred repair").await;
+    let b: Vec<_> = {
+        use futures::TryStreamExt;
+        harness
+            .destination_coll("app", "b")
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(b, vec![doc! {"_id": 1, "byYear": {"2024": 2}}, doc! {"_id": 2}]);
+    harness.wait_cdc("the repair counted", |c| c.repairs >= 1).await;
+    running.stop().await.unwrap_err();
+}

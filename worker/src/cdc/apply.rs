@@ -19,8 +19,8 @@
 //! every later change of the document still follows in the stream: the document converges.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::raw::ValueAccessErrorKind;
@@ -288,6 +288,37 @@ pub struct ApplyItem {
     pub event: ChangeEvent,
 }
 
+/// Namespaces whose source collection turned out to be another incarnation than the one their
+/// events were about (renamed away, or dropped and maybe recreated, after the event): a lookup
+/// there says nothing about the event's document. The rename or drop that explains it follows
+/// in the stream; a rename of a tainted namespace copies its target again, a drop clears it.
+#[derive(Debug, Clone, Default)]
+pub struct Tainted(Arc<Mutex<HashSet<Namespace>>>);
+
+impl Tainted {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Namespace>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn insert(&self, ns: Namespace) {
+        self.lock().insert(ns);
+    }
+
+    /// Removes `ns`; returns whether it was tainted.
+    pub fn take(&self, ns: &Namespace) -> bool {
+        self.lock().remove(ns)
+    }
+
+    /// Removes every namespace of `db`.
+    pub fn clear_database(&self, db: &str) {
+        self.lock().retain(|ns| ns.db != db);
+    }
+
+    pub fn contains(&self, ns: &Namespace) -> bool {
+        self.lock().contains(ns)
+    }
+}
+
 /// What every applier of one change stream shares.
 pub struct ApplierShared {
     pub clusters: Arc<Clusters>,
@@ -301,12 +332,15 @@ pub struct ApplierShared {
     /// Shard key fields of the destination collections that are sharded by the sync
     /// (`sharding.shardingEntries`), for upsert filters.
     pub shard_keys: HashMap<Namespace, Vec<String>>,
+    pub tainted: Tainted,
 }
 
 /// One write of a batch, with where it comes from.
 struct Op<'a> {
     ns: Namespace,
     key: &'a RawDocument,
+    /// `collectionUUID` of the event.
+    uuid: Option<&'a [u8]>,
     key_fields: Vec<String>,
     write: Write,
 }
@@ -372,14 +406,22 @@ impl ApplierShared {
         .await
     }
 
+    /// Whether `ns` on the source is still the collection `uuid` identifies: `Some(false)` when
+    /// it is gone or another one, `None` when the source does not say.
+    async fn same_source_collection(&self, ns: &Namespace, uuid: &[u8]) -> Result<Option<bool>, WorkerError> {
+        let Some(spec) = crate::schema::list_collection_spec(&self.clusters.source, ns).await? else {
+            return Ok(Some(false));
+        };
+        Ok(match spec.get_document("info").ok().and_then(|info| info.get("uuid")) {
+            Some(Bson::Binary(current)) => Some(current.bytes == uuid),
+            _ => None,
+        })
+    }
+
     /// Re-reads a document from the source and replaces it on the destination (or deletes it).
-    async fn repair(
-        &self,
-        ns: &Namespace,
-        key: &RawDocument,
-        key_fields: &[String],
-        reason: &str,
-    ) -> Result<(), WorkerError> {
+    /// When the event names its collection's incarnation, the source collection must still be it.
+    async fn repair(&self, ns: &Namespace, op: &Op<'_>, reason: &str) -> Result<(), WorkerError> {
+        let (key, key_fields) = (op.key, op.key_fields.as_slice());
         let id = key.get("_id").map_err(|e| invalid("_id", e))?.ok_or_else(|| invalid("document key", "no _id"))?;
         let id_bson = Bson::try_from(id.to_raw_bson()).map_err(|e| invalid("_id", e))?;
         debug!(ns = %ns, id = %id_bson, reason, "repairing a document by lookup");
@@ -392,6 +434,16 @@ impl ApplierShared {
             async move { source.find_one(filter).await.map_err(|e| WorkerError::mongo(context, e)) }
         })
         .await?;
+        if let Some(expected) = op.uuid
+            && self.same_source_collection(ns, expected).await? == Some(false)
+        {
+            // Whatever the name holds now is not the collection the event is about, so it
+            // says nothing about this document: leave it to the rename or drop that follows.
+            warn!(ns = %ns, id = %id_bson, "collection renamed or dropped since the event, repair deferred to it");
+            self.tainted.insert(ns.clone());
+            self.repairs.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let command = match &found {
             Some(document) => update_command(ns, &[(upsert_filter(document, key_fields)?, document.clone(), true)]),
             None => delete_command(ns, &[id_filter(key)?]),
@@ -450,7 +502,7 @@ impl ApplierShared {
         .await?;
         for (_, op) in wanted {
             if !present.contains(id_filter(op.key)?.as_bytes()) {
-                self.repair(ns, op.key, &op.key_fields, "the update matched no document").await?;
+                self.repair(ns, op, "the update matched no document").await?;
             }
         }
         Ok(())
@@ -492,7 +544,7 @@ impl ApplierShared {
                 Some((_, code, message)) if applied_end < end => {
                     let failed = ops[applied_end];
                     let reason = format!("the update failed on the destination (error {code}: {message})");
-                    self.repair(ns, failed.key, &failed.key_fields, &reason).await?;
+                    self.repair(ns, failed, &reason).await?;
                     start = applied_end + 1;
                 }
                 Some((index, code, message)) => {
@@ -551,7 +603,13 @@ impl ApplierShared {
                 }
             }
             for write in plan_writes(event, &key_fields)? {
-                ops.push(Op { ns: ns.clone(), key, key_fields: key_fields.clone(), write });
+                ops.push(Op {
+                    ns: ns.clone(),
+                    key,
+                    uuid: event.collection_uuid.as_deref(),
+                    key_fields: key_fields.clone(),
+                    write,
+                });
             }
         }
         let kind = |write: &Write| match write {
@@ -573,7 +631,7 @@ impl ApplierShared {
                 Write::Lookup { .. } => {
                     for op in run {
                         if let Write::Lookup { reason } = &op.write {
-                            self.repair(ns, op.key, &op.key_fields, reason).await?;
+                            self.repair(ns, op, reason).await?;
                         }
                     }
                 }
@@ -792,7 +850,7 @@ mod tests {
         });
         assert!(matches!(plan_writes(&ambiguous, &[]).unwrap().as_slice(), [Write::Lookup { .. }]));
 
-        let reference = ChangeEvent::lookup(OpType::Insert, Namespace::new("d", "c"), rawdoc! {"_id": 7}, None);
+        let reference = ChangeEvent::lookup(OpType::Insert, Namespace::new("d", "c"), rawdoc! {"_id": 7}, None, None);
         assert!(matches!(plan_writes(&reference, &[]).unwrap().as_slice(), [Write::Lookup { .. }]));
 
         let ddl = event(doc! {"_id": {"_data": "5"}, "operationType": "drop", "ns": {"db": "d", "coll": "c"},

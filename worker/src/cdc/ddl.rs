@@ -17,6 +17,7 @@ use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::cdc::apply::Tainted;
 use crate::cdc::event::{ChangeEvent, OpType, convert_to_capped_target};
 use crate::error::WorkerError;
 use crate::mongo::Clusters;
@@ -288,6 +289,8 @@ pub fn plan_ddl(
 /// Carries out DDL actions on the destination.
 pub struct DdlExecutor {
     pub target: Arc<dyn DestinationDdl>,
+    /// Namespaces whose events could not be repaired (see [`Tainted`]).
+    pub tainted: Tainted,
     pub source: Client,
     pub build_indexes: BuildIndexes,
     pub cancel: CancellationToken,
@@ -304,17 +307,31 @@ impl DdlExecutor {
             }
             DdlAction::DropIndexes { ns, names } => self.target.drop_indexes(&ns, &names).await,
             DdlAction::Modify { ns, description } => self.target.modify(&ns, &description).await,
-            DdlAction::Drop { ns } => self.target.drop_collection(&ns).await,
-            DdlAction::DropDatabase { db } => self.target.drop_database(&db).await,
+            DdlAction::Drop { ns } => {
+                self.target.drop_collection(&ns).await?;
+                self.tainted.take(&ns);
+                Ok(())
+            }
+            DdlAction::DropDatabase { db } => {
+                self.target.drop_database(&db).await?;
+                self.tainted.clear_database(&db);
+                Ok(())
+            }
             DdlAction::Rename { from, to, drop_target, recopy } => {
                 self.target.rename(&from, &to, drop_target).await?;
-                if recopy {
+                // A collection whose repairs were deferred to this rename is copied again too.
+                let tainted = self.tainted.take(&from);
+                self.tainted.take(&to);
+                if recopy || tainted {
                     info!(from = %from, to = %to, "rename overlapped the copy: copying the collection again");
                     self.target.recopy(&to, &self.cancel).await?;
                 }
                 Ok(())
             }
-            DdlAction::CreateAndCopy { ns } => self.create_and_copy(&ns).await,
+            DdlAction::CreateAndCopy { ns } => {
+                self.tainted.take(&ns);
+                self.create_and_copy(&ns).await
+            }
             DdlAction::Fail { error, description } => Err(WorkerError::fatal(error, description)),
         }
     }

@@ -22,7 +22,7 @@ use crate::error::WorkerError;
 pub enum DispatchItem {
     /// A change event. `live` events carry their resume token into the watermark; spooled ones
     /// resume from the spool instead.
-    Event { seq: u64, event: ChangeEvent, live: bool },
+    Event { seq: u64, event: Box<ChangeEvent>, live: bool },
     /// A stream position with nothing to apply (the post-batch resume token of a quiet stream),
     /// so the checkpointed token keeps up with the stream.
     Position { seq: u64, token: Document },
@@ -48,7 +48,7 @@ impl Dispatcher {
                     self.watermark.register(seq, SlotMeta { token: Some(token), ..Default::default() })?;
                     self.watermark.complete(&[seq])?;
                 }
-                DispatchItem::Event { seq, event, live } => self.dispatch(seq, event, live).await?,
+                DispatchItem::Event { seq, event, live } => self.dispatch(seq, *event, live).await?,
             }
         }
         Ok(())

@@ -103,6 +103,8 @@ pub struct ChangeEvent {
     pub cluster_time: Option<OpTime>,
     /// `documentKey` of a data event.
     pub document_key: Option<RawDocumentBuf>,
+    /// `collectionUUID` (bytes): which incarnation of the namespace the event is about.
+    pub collection_uuid: Option<Vec<u8>>,
     /// The event was too large to spool: apply it by re-reading the document from the source.
     pub lookup_only: bool,
 }
@@ -145,11 +147,18 @@ impl ChangeEvent {
         let cluster_time = optional(raw.get_timestamp("clusterTime"), "clusterTime")?.map(OpTime::from);
         let document_key =
             optional(raw.get_document("documentKey"), "documentKey")?.map(RawDocument::to_raw_document_buf);
-        Ok(Self { raw, token, op, db, coll, to, cluster_time, document_key, lookup_only: false })
+        let collection_uuid = optional(raw.get_binary("collectionUUID"), "collectionUUID")?.map(|b| b.bytes.to_vec());
+        Ok(Self { raw, token, op, db, coll, to, cluster_time, document_key, collection_uuid, lookup_only: false })
     }
 
     /// An event known only by its document (a spool reference to an event too large to spool).
-    pub fn lookup(op: OpType, ns: Namespace, document_key: RawDocumentBuf, cluster_time: Option<OpTime>) -> Self {
+    pub fn lookup(
+        op: OpType,
+        ns: Namespace,
+        document_key: RawDocumentBuf,
+        collection_uuid: Option<Vec<u8>>,
+        cluster_time: Option<OpTime>,
+    ) -> Self {
         Self {
             raw: RawDocumentBuf::new(),
             token: Document::new(),
@@ -159,6 +168,7 @@ impl ChangeEvent {
             to: None,
             cluster_time,
             document_key: Some(document_key),
+            collection_uuid,
             lookup_only: true,
         }
     }

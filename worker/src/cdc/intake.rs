@@ -74,7 +74,7 @@ impl Intake {
         loop {
             match item {
                 ReaderItem::Position { token, idle } => return (events, Some((token, idle))),
-                ReaderItem::Event(event) => events.push(event),
+                ReaderItem::Event(event) => events.push(*event),
             }
             if events.len() >= self.batch_events {
                 return (events, None);
@@ -149,7 +149,10 @@ impl Intake {
             *last_token = Some(event.token.clone());
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.dispatch.send(DispatchItem::Event { seq, event, live: true }).await.map_err(|_| dispatcher_gone())?;
+            self.dispatch
+                .send(DispatchItem::Event { seq, event: Box::new(event), live: true })
+                .await
+                .map_err(|_| dispatcher_gone())?;
         }
         let idle = position.as_ref().is_some_and(|(_, idle)| *idle);
         if let Some((token, _)) = position

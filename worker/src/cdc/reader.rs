@@ -44,7 +44,7 @@ const DROPPED_POSITION_EVERY: u32 = 1000;
 #[derive(Debug)]
 pub enum ReaderItem {
     /// A relevant change event.
-    Event(ChangeEvent),
+    Event(Box<ChangeEvent>),
     /// The stream position after everything handed on so far; `idle` when the server had no
     /// more events at the time.
     Position { token: Document, idle: bool },
@@ -223,7 +223,7 @@ impl Reader {
                     let token = event.token.clone();
                     if is_relevant(&event, &self.filter, &self.migration) {
                         dropped = 0;
-                        if self.send(ReaderItem::Event(event)).await.is_err() {
+                        if self.send(ReaderItem::Event(Box::new(event))).await.is_err() {
                             return Ok(());
                         }
                     } else {

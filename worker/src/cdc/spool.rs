@@ -91,6 +91,9 @@ pub fn entry(seq: u64, event: &ChangeEvent) -> Result<RawDocumentBuf, WorkerErro
     reference.append("op", event.op.as_str());
     reference.append("ns", ns);
     reference.append("documentKey", key.clone());
+    if let Some(uuid) = &event.collection_uuid {
+        reference.append("uuid", bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: uuid.clone() });
+    }
     document.append("ref", reference);
     debug!(seq, ns = %event.ns_display(), bytes = event.size(), "event too large to spool, spooled as a reference");
     Ok(document)
@@ -117,8 +120,9 @@ pub fn parse_entry(entry: &RawDocumentBuf) -> Result<(u64, ChangeEvent), WorkerE
     let ns = reference.get_document("ns").map_err(|e| bad(&e))?;
     let ns = Namespace::new(ns.get_str("db").map_err(|e| bad(&e))?, ns.get_str("coll").map_err(|e| bad(&e))?);
     let key = reference.get_document("documentKey").map_err(|e| bad(&e))?.to_raw_document_buf();
+    let uuid = reference.get_binary("uuid").ok().map(|b| b.bytes.to_vec());
     let cluster_time = entry.get_timestamp("ts").ok().map(OpTime::from);
-    Ok((seq, ChangeEvent::lookup(op, ns, key, cluster_time)))
+    Ok((seq, ChangeEvent::lookup(op, ns, key, uuid, cluster_time)))
 }
 
 /// The spool collection of one change-stream task.
@@ -288,7 +292,7 @@ impl Drainer {
                 let entries = self.spool.read(self.next, end, self.batch).await?;
                 for (seq, event) in entries {
                     self.dispatch
-                        .send(DispatchItem::Event { seq, event, live: false })
+                        .send(DispatchItem::Event { seq, event: Box::new(event), live: false })
                         .await
                         .map_err(|_| WorkerError::InvalidData("change stream dispatcher stopped".into()))?;
                     self.next = seq + 1;
@@ -324,6 +328,7 @@ mod tests {
         ChangeEvent::from_raw(rawdoc! {
             "_id": {"_data": "82AA"}, "operationType": "insert", "clusterTime": Timestamp { time: 9, increment: 1 },
             "ns": {"db": "app", "coll": "big"}, "documentKey": {"_id": 1}, "fullDocument": {"_id": 1, "p": payload},
+            "collectionUUID": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] },
         })
         .unwrap()
     }
@@ -354,6 +359,7 @@ mod tests {
         assert_eq!(back.ns(), Some(Namespace::new("app", "big")));
         assert_eq!(back.document_key.unwrap().to_document().unwrap(), doc! {"_id": 1});
         assert_eq!(back.cluster_time, Some(OpTime { t: 9, i: 1 }));
+        assert_eq!(back.collection_uuid, Some(vec![7; 16]), "the reference keeps the collection incarnation");
     }
 
     #[test]

@@ -229,7 +229,8 @@ impl Harness {
     /// checkpoint.
     pub async fn run(&self) -> Running {
         let claim_key = self.keys.claim(self.task_id);
-        if let Some(old) = self.token.lock().unwrap().take() {
+        let previous = self.token.lock().unwrap().take();
+        if let Some(old) = previous {
             // What a lease expiry does to the previous holder's claim.
             claim::release(&*self.store, &claim_key, old).await.unwrap();
         }
