@@ -3,10 +3,10 @@
 //! post-batch resume token (high-water mark); `ChangeStreamHistoryLost`.
 //!
 //! Resume token layout (`_id._data`, upper-case hex, 44 characters):
-//! `82` + optime as big-endian u64 (`secs << 32 | inc`, 16 hex) + txnOpIndex (u32, 8 hex)
-//! + oplog sequence number (u64, 16 hex) + kind (u8, 2 hex: 00 event / high-water mark,
-//! 01 invalidate). Tokens compare as strings in stream order. The first 18 characters
-//! match real MongoDB tokens, so the optime can be read back from a token.
+//! `82`, then the optime as big-endian u64 (`secs << 32 | inc`, 16 hex), then txnOpIndex
+//! (u32, 8 hex), then the oplog sequence number (u64, 16 hex), then the kind (u8, 2 hex:
+//! 00 event or high-water mark, 01 invalidate). Tokens compare as strings in stream order.
+//! The first 18 characters match real MongoDB tokens, so the optime can be read back.
 
 use std::collections::VecDeque;
 
@@ -306,9 +306,7 @@ impl ChangeStream {
                 d.insert("ns", ns);
                 d.insert("documentKey", doc! {"_id": id.clone()});
                 let mut desc = desc.clone();
-                if !self.show_expanded {
-                    desc.remove("disambiguatedPaths");
-                } else if desc.get_document("disambiguatedPaths").is_ok_and(|x| x.is_empty()) {
+                if !self.show_expanded || desc.get_document("disambiguatedPaths").is_ok_and(|x| x.is_empty()) {
                     desc.remove("disambiguatedPaths");
                 }
                 d.insert("updateDescription", desc);

@@ -5,19 +5,27 @@ use bson::{Document, doc};
 /// Result alias used by command handlers.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The details of a command failure.
+#[derive(Debug, Clone)]
+pub struct CommandError {
+    /// MongoDB error code.
+    pub code: i32,
+    /// Code name.
+    pub code_name: String,
+    /// Message.
+    pub msg: String,
+    /// Error labels.
+    pub labels: Vec<String>,
+    /// Extra fields merged into the error reply (e.g. `keyPattern`, `keyValue`).
+    pub extra: Document,
+}
+
 /// An error returned to the client as `{ok: 0, errmsg, code, codeName}`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A command failure with a MongoDB error code.
-    #[error("{msg} (code {code} {code_name})")]
-    Command {
-        code: i32,
-        code_name: String,
-        msg: String,
-        labels: Vec<String>,
-        /// Extra fields merged into the error reply (e.g. `keyPattern`, `keyValue`).
-        extra: Document,
-    },
+    #[error("{} (code {} {})", .0.msg, .0.code, .0.code_name)]
+    Command(Box<CommandError>),
     /// The connection must be closed without a reply (fail point `closeConnection`).
     #[error("connection closed by fail point")]
     CloseConnection,
@@ -93,13 +101,13 @@ pub fn code_name(code: i32) -> &'static str {
 impl Error {
     /// Builds an error with the canonical code name for `code`.
     pub fn new(code: i32, msg: impl Into<String>) -> Self {
-        Error::Command {
+        Error::Command(Box::new(CommandError {
             code,
             code_name: code_name(code).to_string(),
             msg: msg.into(),
             labels: Vec::new(),
             extra: Document::new(),
-        }
+        }))
     }
 
     /// BadValue (2).
@@ -119,18 +127,18 @@ impl Error {
 
     /// Adds an error label.
     pub fn with_label(mut self, label: &str) -> Self {
-        if let Error::Command { labels, .. } = &mut self
-            && !labels.iter().any(|l| l == label)
+        if let Error::Command(c) = &mut self
+            && !c.labels.iter().any(|l| l == label)
         {
-            labels.push(label.to_string());
+            c.labels.push(label.to_string());
         }
         self
     }
 
     /// Adds extra reply fields.
     pub fn with_extra(mut self, more: Document) -> Self {
-        if let Error::Command { extra, .. } = &mut self {
-            extra.extend(more);
+        if let Error::Command(c) = &mut self {
+            c.extra.extend(more);
         }
         self
     }
@@ -138,7 +146,7 @@ impl Error {
     /// The numeric code (0 for connection closes).
     pub fn code(&self) -> i32 {
         match self {
-            Error::Command { code, .. } => *code,
+            Error::Command(c) => c.code,
             Error::CloseConnection => 0,
         }
     }
@@ -146,26 +154,27 @@ impl Error {
     /// The message text.
     pub fn message(&self) -> String {
         match self {
-            Error::Command { msg, .. } => msg.clone(),
+            Error::Command(c) => c.msg.clone(),
             Error::CloseConnection => "connection closed".into(),
         }
     }
 
     /// True if the error carries `label`.
     pub fn has_label(&self, label: &str) -> bool {
-        matches!(self, Error::Command { labels, .. } if labels.iter().any(|l| l == label))
+        matches!(self, Error::Command(c) if c.labels.iter().any(|l| l == label))
     }
 
     /// Renders the error as a command reply body (without `$clusterTime`).
     pub fn to_reply(&self) -> Document {
         match self {
-            Error::Command { code, code_name, msg, labels, extra } => {
-                let mut d = doc! { "ok": 0.0, "errmsg": msg.clone(), "code": *code, "codeName": code_name.clone() };
-                for (k, v) in extra {
+            Error::Command(c) => {
+                let mut d =
+                    doc! { "ok": 0.0, "errmsg": c.msg.clone(), "code": c.code, "codeName": c.code_name.clone() };
+                for (k, v) in &c.extra {
                     d.insert(k.clone(), v.clone());
                 }
-                if !labels.is_empty() {
-                    d.insert("errorLabels", labels.clone());
+                if !c.labels.is_empty() {
+                    d.insert("errorLabels", c.labels.clone());
                 }
                 d
             }
@@ -176,9 +185,9 @@ impl Error {
     /// Renders the error as a `writeErrors` entry.
     pub fn to_write_error(&self, index: usize) -> Document {
         let mut d = doc! { "index": index as i32, "code": self.code() };
-        if let Error::Command { code_name, extra, .. } = self {
-            d.insert("codeName", code_name.clone());
-            for (k, v) in extra {
+        if let Error::Command(c) = self {
+            d.insert("codeName", c.code_name.clone());
+            for (k, v) in &c.extra {
                 d.insert(k.clone(), v.clone());
             }
         }

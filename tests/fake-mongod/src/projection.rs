@@ -30,10 +30,10 @@ pub struct Projection {
 fn insert(tree: &mut Vec<(String, P)>, path: &[&str], node: P) -> Result<()> {
     let head = path[0].to_string();
     if path.len() == 1 {
-        if let Some(existing) = tree.iter().find(|(k, _)| *k == head) {
-            if !matches!(existing.1, P::Sub(_)) || !matches!(node, P::Sub(_)) {
-                return Err(Error::new(31250, format!("Path collision at {head}")));
-            }
+        if let Some(existing) = tree.iter().find(|(k, _)| *k == head)
+            && (!matches!(existing.1, P::Sub(_)) || !matches!(node, P::Sub(_)))
+        {
+            return Err(Error::new(31250, format!("Path collision at {head}")));
         }
         tree.push((head, node));
         return Ok(());
@@ -66,11 +66,11 @@ impl Projection {
         let mut include_id = true;
         let mut saw_special = false;
         for (k, v) in spec {
-            if k == "_id" {
-                if let Some(b) = is_bool_like(v) {
-                    include_id = b;
-                    continue;
-                }
+            if k == "_id"
+                && let Some(b) = is_bool_like(v)
+            {
+                include_id = b;
+                continue;
             }
             let (path, node) = if let Some(stripped) = k.strip_suffix(".$") {
                 if !find {
@@ -140,7 +140,7 @@ impl Projection {
                         if inclusion == Some(false) {
                             return Err(Error::new(
                                 31252,
-                                format!("Cannot use expression other than $meta in exclusion projection"),
+                                "Cannot use expression other than $meta in exclusion projection",
                             ));
                         }
                         inclusion = Some(true);
@@ -151,7 +151,8 @@ impl Projection {
             let parts: Vec<&str> = path.split('.').collect();
             insert(&mut tree, &parts, node)?;
         }
-        let inclusion = inclusion.unwrap_or(!saw_special && tree.is_empty() && false);
+        let _ = saw_special;
+        let inclusion = inclusion.unwrap_or(false);
         Ok(Projection { tree, inclusion, include_id })
     }
 
@@ -173,7 +174,7 @@ impl Projection {
             include(doc, &self.tree, &mut o, pos, &root, vars)?;
             o
         } else {
-            exclude(doc, &self.tree, pos, &root, vars)?
+            exclude(doc, &self.tree, pos, vars)?
         };
         if !self.include_id {
             out.remove("_id");
@@ -291,7 +292,7 @@ fn has_expr(tree: &[(String, P)]) -> bool {
     tree.iter().any(|(_, n)| matches!(n, P::Expr(_)) || matches!(n, P::Sub(s) if has_expr(s)))
 }
 
-fn exclude(src: &Document, tree: &[(String, P)], pos: Option<usize>, root: &Bson, vars: &Vars) -> Result<Document> {
+fn exclude(src: &Document, tree: &[(String, P)], pos: Option<usize>, vars: &Vars) -> Result<Document> {
     let mut out = Document::new();
     for (k, v) in src {
         match tree.iter().find(|(n, _)| n == k).map(|(_, p)| p) {
@@ -301,13 +302,13 @@ fn exclude(src: &Document, tree: &[(String, P)], pos: Option<usize>, root: &Bson
             Some(P::Exclude) => {}
             Some(P::Sub(sub)) => match v {
                 Bson::Document(d) => {
-                    out.insert(k.clone(), exclude(d, sub, pos, root, vars)?);
+                    out.insert(k.clone(), exclude(d, sub, pos, vars)?);
                 }
                 Bson::Array(a) => {
                     let mut arr = Vec::new();
                     for e in a {
                         match e {
-                            Bson::Document(d) => arr.push(Bson::Document(exclude(d, sub, pos, root, vars)?)),
+                            Bson::Document(d) => arr.push(Bson::Document(exclude(d, sub, pos, vars)?)),
                             other => arr.push(other.clone()),
                         }
                     }

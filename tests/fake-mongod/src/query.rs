@@ -38,10 +38,9 @@ fn walk<'a>(cur: &'a Bson, parts: &[&str], out: &mut Vec<Cand<'a>>, idx: Option<
         Bson::Array(a) => {
             if let Ok(n) = parts[0].parse::<usize>()
                 && parts[0].bytes().all(|b| b.is_ascii_digit())
+                && let Some(e) = a.get(n)
             {
-                if let Some(e) = a.get(n) {
-                    walk(e, &parts[1..], out, idx.or(Some(n)));
-                }
+                walk(e, &parts[1..], out, idx.or(Some(n)));
             }
             for (i, e) in a.iter().enumerate() {
                 if let Bson::Document(_) = e {
@@ -209,7 +208,7 @@ fn is_operator_doc(d: &Document) -> bool {
     d.keys().next().is_some_and(|k| k.starts_with('$'))
 }
 
-fn compile_ops(spec: &Document, vars_ok: bool) -> Result<Vec<Op>> {
+fn compile_ops(spec: &Document) -> Result<Vec<Op>> {
     let mut ops = Vec::new();
     let options = spec.get_str("$options").unwrap_or("");
     for (k, v) in spec {
@@ -268,11 +267,7 @@ fn compile_ops(spec: &Document, vars_ok: bool) -> Result<Vec<Op>> {
                 let value_form = d.keys().next().is_some_and(|k| {
                     k.starts_with('$') && !matches!(k.as_str(), "$and" | "$or" | "$nor" | "$expr" | "$where")
                 });
-                if value_form {
-                    Op::ElemMatchValue(compile_ops(d, vars_ok)?)
-                } else {
-                    Op::ElemMatchDoc(Box::new(compile(d)?))
-                }
+                if value_form { Op::ElemMatchValue(compile_ops(d)?) } else { Op::ElemMatchDoc(Box::new(compile(d)?)) }
             }
             "$all" => {
                 let a = v.as_array().ok_or_else(|| Error::bad_value("$all needs an array"))?;
@@ -280,7 +275,7 @@ fn compile_ops(spec: &Document, vars_ok: bool) -> Result<Vec<Op>> {
                     let mut nodes = Vec::new();
                     for e in a {
                         let d = e.as_document().unwrap_or(spec);
-                        nodes.push(Node::Field(String::new(), FieldOps(compile_ops(d, vars_ok)?)));
+                        nodes.push(Node::Field(String::new(), FieldOps(compile_ops(d)?)));
                     }
                     Op::AllElemMatch(nodes)
                 } else {
@@ -292,7 +287,7 @@ fn compile_ops(spec: &Document, vars_ok: bool) -> Result<Vec<Op>> {
                     if d.is_empty() {
                         return Err(Error::bad_value("$not cannot be empty"));
                     }
-                    Op::Not(compile_ops(d, vars_ok)?)
+                    Op::Not(compile_ops(d)?)
                 }
                 Bson::RegularExpression(r) => Op::Not(vec![Op::Regex(build_regex(&r.pattern, &r.options)?)]),
                 _ => return Err(Error::bad_value("$not needs a regex or a document")),
@@ -346,7 +341,7 @@ pub fn compile(filter: &Document) -> Result<Node> {
             }
             path => {
                 let ops = match v {
-                    Bson::Document(d) if is_operator_doc(d) => compile_ops(d, true)?,
+                    Bson::Document(d) if is_operator_doc(d) => compile_ops(d)?,
                     Bson::RegularExpression(r) => vec![Op::Regex(build_regex(&r.pattern, &r.options)?)],
                     other => vec![Op::Eq(other.clone())],
                 };
@@ -363,7 +358,7 @@ fn cmp_op(c: &Bson, target: &Bson, pred: fn(Ordering) -> bool) -> bool {
     if !cross && crate::bson_order::type_rank(c).max(3) != crate::bson_order::type_rank(target).max(3) {
         // null and undefined share a bracket
         let both_nullish = matches!(c, Bson::Null | Bson::Undefined) && matches!(target, Bson::Null | Bson::Undefined);
-        if !both_nullish && !(is_number(c) && is_number(target)) {
+        if !(both_nullish || is_number(c) && is_number(target)) {
             return false;
         }
     }

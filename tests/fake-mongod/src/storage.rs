@@ -76,7 +76,7 @@ impl Index {
         for (field, _) in &self.key {
             let mut vals = Vec::new();
             match query::get_path(doc, field) {
-                Some(Bson::Array(a)) if !field.contains('.') || true => {
+                Some(Bson::Array(a)) => {
                     all_missing = false;
                     if a.is_empty() {
                         vals.push(Bson::Undefined);

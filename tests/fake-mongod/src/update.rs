@@ -316,9 +316,7 @@ fn expand(
             match part {
                 "$" => {
                     let i = pos.ok_or_else(|| {
-                        Error::bad_value(format!(
-                            "The positional operator did not find the match needed from the query."
-                        ))
+                        Error::bad_value("The positional operator did not find the match needed from the query.")
                     })?;
                     let mut p = prefix.clone();
                     p.push(Comp::Index(i));
@@ -560,6 +558,7 @@ fn diff_tracker(old: &Document, new: &Document) -> Tracker {
     t
 }
 
+#[allow(clippy::collapsible_match)]
 fn apply_ops(
     doc: &Document,
     ops: &Document,

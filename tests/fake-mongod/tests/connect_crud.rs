@@ -13,7 +13,7 @@ async fn connects_direct_and_replica_set() {
         let r = c.database("admin").run_command(doc! {"ping": 1}).await.unwrap();
         assert_eq!(r.get_f64("ok").unwrap(), 1.0);
         let hello = c.database("admin").run_command(doc! {"hello": 1}).await.unwrap();
-        assert_eq!(hello.get_bool("isWritablePrimary").unwrap(), true);
+        assert!(hello.get_bool("isWritablePrimary").unwrap());
         assert_eq!(hello.get_str("setName").unwrap(), "rs0");
         assert_eq!(hello.get_i32("maxWireVersion").unwrap(), 21);
         assert!(hello.get_document("$clusterTime").is_ok() || hello.contains_key("operationTime"));

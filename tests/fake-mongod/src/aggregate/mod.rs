@@ -91,9 +91,9 @@ pub fn parse_sort(spec: &Document) -> Result<SortSpec> {
                 Some(1) => true,
                 Some(-1) => false,
                 _ => {
-                    return Err(Error::bad_value(format!(
-                        "$sort key ordering must be 1 (for ascending) or -1 (for descending)"
-                    )));
+                    return Err(Error::bad_value(
+                        "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
+                    ));
                 }
             },
         };

@@ -650,6 +650,7 @@ pub fn update(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
 }
 
 /// Deletes matching documents.
+#[allow(clippy::too_many_arguments)]
 pub fn delete_stmt(
     sc: &mut Scope,
     db: &str,

@@ -561,10 +561,7 @@ pub fn aggregate(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
         }
     } else {
         // leading $match uses the planner
-        let leading: Option<Document> = match stages.first().and_then(|s| s.get_document("$match").ok()) {
-            Some(m) if !m.contains_key("$expr") || true => Some(m.clone()),
-            _ => None,
-        };
+        let leading: Option<Document> = stages.first().and_then(|s| s.get_document("$match").ok()).cloned();
         let hint = cmd.get("hint").cloned();
         let res = with_scope(ctx, st, |sc| {
             let Some(c) = sc.coll(&db, &coll) else {
@@ -645,8 +642,10 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let shared = Arc::clone(ctx.shared);
     {
         let mut st = shared.state.lock();
-        if let Some(a) = st.failpoints.check_get_more() {
-            if let Some(code) = a.error_code {
+        if let Some(a) = st.failpoints.check_get_more()
+            && let Some(code) = a.error_code
+        {
+            {
                 let mut e = Error::new(code, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint");
                 match a.error_labels {
                     Some(ls) => {

@@ -351,8 +351,7 @@ pub fn create_indexes(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
             }) {
                 return Err(Error::new(85, format!("Index already exists with a different name: {}", existing.name)));
             }
-            if name == "_id_" || (key == doc! {"_id": 1} && spec.get_bool("unique").unwrap_or(false) == false && false)
-            {
+            if name == "_id_" {
                 return Err(Error::new(197, "cannot create an index named _id_"));
             }
             let ix = Index::from_spec(spec.clone())?;

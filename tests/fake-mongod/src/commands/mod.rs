@@ -436,7 +436,7 @@ async fn execute(ctx: &mut Ctx<'_>) -> Result<(Reply, WceInfo)> {
                 let mut labels = a.error_labels.clone().unwrap_or_default();
                 if a.error_labels.is_none() {
                     let code = w.get("code").and_then(crate::bson_order::as_i64).unwrap_or(0) as i32;
-                    if is_retryable_write(ctx) && (RETRYABLE_CODES.contains(&code) || code == 64 && false) {
+                    if is_retryable_write(ctx) && RETRYABLE_CODES.contains(&code) {
                         labels.push("RetryableWriteError".into());
                     }
                 }
@@ -466,7 +466,7 @@ impl NoMoreLabels {
 
     fn take(e: &mut Error) -> bool {
         match e {
-            Error::Command { extra, .. } => extra.remove(FIXED_LABELS).is_some(),
+            Error::Command(c) => c.extra.remove(FIXED_LABELS).is_some(),
             Error::CloseConnection => false,
         }
     }
