@@ -178,6 +178,7 @@ def main():
     args = parser.parse_args()
 
     server = None
+    passed = 0
     try:
         uri = os.environ.get("MONGODB_URI")
         if uri:
@@ -201,16 +202,18 @@ def main():
             except pymongo.errors.PyMongoError as e:
                 raise SmokeFailure(f"[{label}: {uri}] pymongo error: {type(e).__name__}: {e}") from None
             print(f"smoke: {label}: ok ({uri})")
+            passed += 1
     except SmokeFailure as e:
         out = server.output() if server else ""
         print(f"smoke: FAILED: {e}", file=sys.stderr)
         if out:
             print("smoke: last fake-mongod output:\n" + out, file=sys.stderr)
+        print(f"smoke: {passed} passed, 1 failed")
         return 1
     finally:
         if server:
             server.stop()
-    print("smoke: all checks passed")
+    print(f"smoke: {passed} passed, 0 failed")
     return 0
 
 

@@ -73,12 +73,12 @@ const SENSITIVE: [&str; 10] = [
     "hello",
 ];
 
-fn is_sensitive(name: &str, body: Option<&Document>) -> bool {
+fn is_sensitive(name: &str, body: &Document) -> bool {
     let lower = name.to_ascii_lowercase();
     if lower == "hello" || lower == "ismaster" {
         // only sensitive when it carries speculative authentication; the driver
         // redacts those bodies to an empty document
-        return body.is_none_or(|b| b.is_empty() || b.contains_key("speculativeAuthenticate"));
+        return body.is_empty() || body.contains_key("speculativeAuthenticate");
     }
     SENSITIVE.contains(&lower.as_str())
 }
@@ -90,6 +90,8 @@ pub struct EventLog {
     pub checked_out: i64,
     /// Database of each started command, by request id.
     pub dbs: HashMap<i32, String>,
+    /// Request ids of sensitive commands whose events are hidden.
+    pub hidden: std::collections::HashSet<i32>,
 }
 
 /// A client entity and what it records.
@@ -498,10 +500,11 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
         };
         let event = match ev {
             CommandEvent::Started(e) => {
-                l.dbs.insert(e.request_id, e.db.clone());
-                if !sensitive && is_sensitive(&e.command_name, Some(&e.command)) {
+                if !sensitive && is_sensitive(&e.command_name, &e.command) {
+                    l.hidden.insert(e.request_id);
                     return;
                 }
+                l.dbs.insert(e.request_id, e.db.clone());
                 Event::CommandStarted {
                     name: e.command_name,
                     db: e.db,
@@ -510,7 +513,7 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
                 }
             }
             CommandEvent::Succeeded(e) => {
-                if !sensitive && is_sensitive(&e.command_name, None) {
+                if l.hidden.remove(&e.request_id) {
                     return;
                 }
                 Event::CommandSucceeded {
@@ -521,7 +524,7 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
                 }
             }
             CommandEvent::Failed(e) => {
-                if !sensitive && is_sensitive(&e.command_name, None) {
+                if l.hidden.remove(&e.request_id) {
                     return;
                 }
                 Event::CommandFailed {
