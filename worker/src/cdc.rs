@@ -449,12 +449,17 @@ impl Engine {
         };
         let drained_marker = {
             let state = self.ctx.state.borrow();
+            // Drained when the marker's insert passed the watermark, or — the insert may lie
+            // behind a checkpoint taken before the leader published the marker, and is then
+            // never read again — when an event at or after the marker's time is applied in order.
             state
                 .commit
                 .as_ref()
-                .map(|commit| &commit.marker_id)
-                .filter(|marker| applied.markers.contains(marker))
-                .cloned()
+                .filter(|commit| {
+                    applied.markers.contains(&commit.marker_id)
+                        || commit.marker_time.zip(applied.cluster_time).is_some_and(|(marker, done)| done >= marker)
+                })
+                .map(|commit| commit.marker_id.clone())
                 .or_else(|| self.saved.drained_marker.clone())
         };
         CdcCheckpoint {

@@ -51,3 +51,38 @@ async fn the_commit_marker_is_reported_once_everything_before_it_is_applied() {
     assert_eq!(harness.cdc().await.drained_marker.as_deref(), Some("commit-1"));
     running.stop().await.unwrap_err();
 }
+
+#[tokio::test]
+async fn a_marker_behind_the_checkpoint_is_recognised_by_its_time() {
+    let harness = Harness::start().await;
+    let first = harness.run().await;
+    harness.complete_copy().await;
+    harness.wait_live().await;
+    harness.source_coll("app", "orders").insert_many((0..50).map(|i| doc! {"_id": i})).await.unwrap();
+    // The leader inserted the marker, but stopped before recording it; meanwhile the task applied
+    // and checkpointed past it, then crashed.
+    let reply = harness
+        .source_command(
+            INTERNAL_DATABASE,
+            doc! {"insert": format!("markers.{}", harness.migration), "documents": [{"_id": "commit-2"}]},
+        )
+        .await;
+    let marker_time = reply.get_timestamp("operationTime").expect("the insert reports its operation time");
+    harness.source_coll("app", "orders").insert_one(doc! {"_id": "after"}).await.unwrap();
+    harness.wait_cdc("past the marker", |c| c.events_applied >= 52).await;
+    first.crash().await;
+    assert_eq!(harness.cdc().await.drained_marker, None);
+
+    harness.state.send_modify(|state| {
+        state.commit = Some(CommitProgress {
+            requested_at_ms: model::now_ms(),
+            step: CommitStep::MarkerWritten,
+            marker_id: "commit-2".into(),
+            marker_time: Some(marker_time.into()),
+        });
+    });
+    let second = harness.run().await;
+    harness.wait_cdc("the marker drained", |c| c.drained_marker.as_deref() == Some("commit-2")).await;
+    harness.wait_converged("after the takeover").await;
+    second.stop().await.unwrap_err();
+}

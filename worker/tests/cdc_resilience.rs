@@ -201,3 +201,26 @@ async fn a_lost_history_after_a_pause_fails_too() {
     assert!(matches!(&result, Err(WorkerError::Fatal { name, .. }) if name == "ChangeStreamHistoryLost"), "{result:?}");
     assert!(matches!(harness.checkpoint().await.unwrap().status, TaskStatus::Failed { .. }));
 }
+
+#[tokio::test]
+async fn a_pause_while_live_resumes_after_the_last_applied_event() {
+    let harness = Harness::start().await;
+    let running = harness.run().await;
+    harness.complete_copy().await;
+    harness.wait_live().await;
+    burst(&harness, 0, 100).await;
+    harness.wait_converged("before the pause").await;
+    let paused = running.stop().await;
+    assert!(matches!(paused, Err(WorkerError::Cancelled)), "{paused:?}");
+    let at_pause = harness.cdc().await;
+    assert_eq!(at_pause.stage, CdcStage::Live);
+
+    // Writes while paused are applied after the resume: nothing is skipped or lost.
+    burst(&harness, 1000, 100).await;
+    harness.source_coll("app", "load").update_many(doc! {}, doc! {"$set": {"paused": true}}).await.unwrap();
+    let resumed = harness.run().await;
+    harness.wait_converged("after the resume").await;
+    let after = harness.wait_cdc("progress saved", |c| c.events_applied > at_pause.events_applied).await;
+    assert_eq!(after.stage, CdcStage::Live);
+    resumed.stop().await.unwrap_err();
+}
