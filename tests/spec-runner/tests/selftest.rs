@@ -13,7 +13,11 @@ const FILE: &str = r#"{
   "createEntities": [
     {"client": {"id": "client0", "observeEvents": ["commandStartedEvent"]}},
     {"database": {"id": "db0", "client": "client0", "databaseName": "selftest"}},
-    {"collection": {"id": "coll0", "database": "db0", "collectionName": "c"}}
+    {"collection": {"id": "coll0", "database": "db0", "collectionName": "c"}},
+    {"client": {"id": "client1", "observeEvents": ["connectionCheckedOutEvent", "connectionCheckedInEvent"]}},
+    {"database": {"id": "db1", "client": "client1", "databaseName": "selftest"}},
+    {"collection": {"id": "coll1", "database": "db1", "collectionName": "c"}},
+    {"session": {"id": "session0", "client": "client0"}}
   ],
   "initialData": [{"databaseName": "selftest", "collectionName": "c", "documents": [{"_id": 1, "x": {"y": 1}}]}],
   "tests": [
@@ -69,6 +73,51 @@ const FILE: &str = r#"{
                       "expectError": {"errorCode": 11000, "isClientError": false}}]
     },
     {
+      "description": "good cmap events",
+      "operations": [
+        {"name": "find", "object": "coll1", "arguments": {"filter": {}}},
+        {"name": "assertNumberConnectionsCheckedOut", "object": "testRunner", "arguments": {"client": "client1", "connections": 0}}
+      ],
+      "expectEvents": [{"client": "client1", "eventType": "cmap", "events": [
+        {"connectionCheckedOutEvent": {}}, {"connectionCheckedInEvent": {}}
+      ]}]
+    },
+    {
+      "description": "good session lsid",
+      "operations": [
+        {"name": "insertOne", "object": "coll0", "arguments": {"session": "session0", "document": {"_id": 3}}},
+        {"name": "find", "object": "coll0", "arguments": {"session": "session0", "filter": {}}},
+        {"name": "assertSameLsidOnLastTwoCommands", "object": "testRunner", "arguments": {"client": "client0"}}
+      ],
+      "expectEvents": [{"client": "client0", "events": [
+        {"commandStartedEvent": {"commandName": "insert", "command": {"lsid": {"$$sessionLsid": "session0"}}}},
+        {"commandStartedEvent": {"commandName": "find", "command": {"lsid": {"$$sessionLsid": "session0"}}}}
+      ]}]
+    },
+    {
+      "description": "bad session lsid",
+      "operations": [
+        {"name": "insertOne", "object": "coll0", "arguments": {"document": {"_id": 3}}},
+        {"name": "assertSameLsidOnLastTwoCommands", "object": "testRunner", "arguments": {"client": "client0"}}
+      ]
+    },
+    {
+      "description": "good fail point",
+      "operations": [
+        {"name": "failPoint", "object": "testRunner", "arguments": {"client": "client0", "failPoint": {
+          "configureFailPoint": "failCommand", "mode": "alwaysOn",
+          "data": {"failCommands": ["insert"], "errorCode": 91}}}},
+        {"name": "insertOne", "object": "coll0", "arguments": {"document": {"_id": 4}},
+         "expectError": {"errorCode": 91, "errorCodeName": "ShutdownInProgress"}}
+      ]
+    },
+    {
+      "description": "good fail point was turned off",
+      "operations": [
+        {"name": "insertOne", "object": "coll0", "arguments": {"document": {"_id": 4}}}
+      ]
+    },
+    {
       "description": "skipped operation",
       "operations": [{"name": "bulkWrite", "object": "coll0", "arguments": {"requests": []}}]
     },
@@ -105,5 +154,5 @@ fn runner_passes_good_and_fails_bad_expectations() {
         };
         assert!(ok, "{desc}: unexpected {:?}", r.status);
     }
-    assert_eq!(reports.len(), 11);
+    assert_eq!(reports.len(), 16);
 }
