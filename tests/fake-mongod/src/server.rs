@@ -293,9 +293,33 @@ async fn noop_writer(shared: Arc<Shared>) {
     }
 }
 
+/// Removes cursors idle for 10 minutes and aborts transactions idle for 60 seconds
+/// (`transactionLifetimeLimitSeconds`), like mongod's reapers.
+async fn reaper(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut st = shared.state.lock();
+        let before = st.cursors.len();
+        st.cursors.retain(|_, c| c.no_timeout || c.last_used.elapsed() < Duration::from_secs(600));
+        let reaped = before - st.cursors.len();
+        let mut aborted = 0;
+        for s in st.sessions.iter_mut() {
+            if s.state == crate::session::TxnState::InProgress && s.last_use.elapsed() > Duration::from_secs(60) {
+                s.state = crate::session::TxnState::Aborted;
+                s.txn = None;
+                aborted += 1;
+            }
+        }
+        if reaped > 0 || aborted > 0 {
+            tracing::debug!(reaped, aborted, "reaped idle cursors and transactions");
+        }
+    }
+}
+
 /// Binds and runs the server until `shared.shutdown` is notified.
 pub async fn run(shared: Arc<Shared>, listener: TcpListener) {
     let noop = tokio::spawn(noop_writer(Arc::clone(&shared)));
+    let reap = tokio::spawn(reaper(Arc::clone(&shared)));
     loop {
         tokio::select! {
             _ = shared.shutdown.notified() => break,
@@ -311,6 +335,7 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener) {
         }
     }
     noop.abort();
+    reap.abort();
     shared.drop_all_connections();
 }
 

@@ -45,6 +45,10 @@ pub struct Cursor {
     pub kind: CursorKind,
     /// Session that opened it.
     pub lsid: Option<Document>,
+    /// Last use (idle cursors are reaped after 10 minutes).
+    pub last_used: Instant,
+    /// `noCursorTimeout`: never reaped.
+    pub no_timeout: bool,
 }
 
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -68,7 +72,7 @@ fn take_batch(q: &mut VecDeque<Doc>, n: usize) -> Vec<Doc> {
 fn register(st: &mut State, ns: String, kind: CursorKind, lsid: Option<Document>) -> i64 {
     let id = st.next_cursor_id;
     st.next_cursor_id += 1;
-    st.cursors.insert(id, Cursor { ns, kind, lsid });
+    st.cursors.insert(id, Cursor { ns, kind, lsid, last_used: Instant::now(), no_timeout: false });
     id
 }
 
@@ -246,7 +250,14 @@ pub fn find(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
         return Ok(Reply::Cursor(CursorReply { id, ns, first: true, batch, ..Default::default() }));
     }
     let single = single || (limit > 0 && bs.is_some_and(|b| b >= limit as usize));
-    Ok(first_batch(st, ctx, ns, docs, bs, single))
+    let reply = first_batch(st, ctx, ns, docs, bs, single);
+    if cmd.get_bool("noCursorTimeout").unwrap_or(false)
+        && let Reply::Cursor(c) = &reply
+        && let Some(cur) = st.cursors.get_mut(&c.id)
+    {
+        cur.no_timeout = true;
+    }
+    Ok(reply)
 }
 
 /// `killCursors`.
@@ -674,6 +685,7 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
             let Some(cur) = st.cursors.get_mut(&id) else {
                 return Err(Error::new(43, format!("cursor id {id} not found")));
             };
+            cur.last_used = Instant::now();
             if cur.ns != ns {
                 return Err(Error::new(
                     13,

@@ -389,12 +389,7 @@ pub fn drop_indexes(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
     let c = st.catalog.coll_mut(&ctx.db, &coll).ok_or_else(|| Error::new(26, format!("ns not found {ns}")))?;
     let was = c.indexes.len() as i32;
     let names: Vec<String> = match &which {
-        Bson::String(s) if s == "*" => c
-            .indexes
-            .iter()
-            .filter(|i| i.name != "_id_" && !c.options.contains_key("clusteredIndex"))
-            .map(|i| i.name.clone())
-            .collect(),
+        Bson::String(s) if s == "*" => c.indexes.iter().filter(|i| i.name != "_id_").map(|i| i.name.clone()).collect(),
         Bson::String(s) => vec![s.clone()],
         Bson::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
         Bson::Document(k) => match c.index_by_key(k) {
@@ -483,7 +478,13 @@ fn cursor_reply(st: &mut State, ctx: &Ctx, ns: String, docs: Vec<Document>) -> R
         st.next_cursor_id += 1;
         st.cursors.insert(
             id,
-            super::cursor::Cursor { ns: ns.clone(), kind: super::cursor::CursorKind::Docs(q), lsid: ctx.lsid.clone() },
+            super::cursor::Cursor {
+                ns: ns.clone(),
+                kind: super::cursor::CursorKind::Docs(q),
+                lsid: ctx.lsid.clone(),
+                last_used: std::time::Instant::now(),
+                no_timeout: false,
+            },
         );
         id
     };
