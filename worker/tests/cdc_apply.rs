@@ -145,3 +145,29 @@ async fn documents_with_awkward_shapes_converge() {
     assert_eq!(documents.len(), ids.len());
     running.stop().await.unwrap_err();
 }
+
+#[tokio::test]
+async fn events_too_large_to_spool_are_applied_by_lookup() {
+    let harness = Harness::start().await;
+    let running = harness.run().await;
+    let coll = harness.source_coll("app", "big");
+    // A document just under the 16 MB limit: its insert event, with the event's own fields,
+    // is over the limit and cannot be stored as a spool entry.
+    let payload = "x".repeat(16 * 1024 * 1024 - 100);
+    coll.insert_one(doc! {"_id": 1, "payload": payload.clone()}).await.unwrap();
+    coll.insert_one(doc! {"_id": 2, "small": true}).await.unwrap();
+    let spooled = harness.wait_cdc("both events spooled", |c| c.events_spooled >= 2).await;
+    assert_eq!(spooled.stage, CdcStage::Spooling);
+    let reference = harness.spool().find_one(doc! {"ref": {"$exists": true}}).await.unwrap();
+    let reference = reference.expect("the large event is spooled as a reference");
+    assert_eq!(reference.get_document("ref").unwrap().get_document("documentKey").unwrap(), &doc! {"_id": 1});
+
+    harness.complete_copy().await;
+    harness.wait_live().await;
+    harness.wait_converged("large documents").await;
+    // Live, large events go straight to the appliers.
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"payload": format!("y{}", &payload[1..])}}).await.unwrap();
+    coll.replace_one(doc! {"_id": 2}, doc! {"payload": payload}).await.unwrap();
+    harness.wait_converged("large documents, live").await;
+    running.stop().await.unwrap_err();
+}
