@@ -13,7 +13,8 @@ if [ "$have" != "$want" ]; then
 fi
 
 if [ -z "${MONGODB_URI:-}" ]; then
-    cargo build --release -p fake-mongod --bin fake-mongod
+    # the same package set as spec-conformance.sh, so the two share one build
+    cargo build --release -p spec-runner -p fake-mongod
     exec python3 tests/pymongo/smoke.py --binary "${CARGO_TARGET_DIR:-target}/release/fake-mongod"
 fi
 exec python3 tests/pymongo/smoke.py

@@ -16,7 +16,8 @@ if [ ! -d "$spec_dir" ]; then
 fi
 spec_dir=$(cd "$spec_dir" && pwd)
 
-cargo build --release -p spec-runner --bin spec-runner
+# one build for both scripts: the same package set keeps dependency features (and artifacts) shared
+cargo build --release -p spec-runner -p fake-mongod
 exec "${CARGO_TARGET_DIR:-target}/release/spec-runner" \
     --spec-dir "$spec_dir" \
     --expected tests/spec-runner/expected-pass.txt \
