@@ -83,8 +83,10 @@ pub struct ChangeStream {
     pending: VecDeque<Document>,
     /// Set once an invalidate was returned: the cursor closes.
     pub invalidated: bool,
-    /// True when an invalidate is the next event to return (startAfter an invalidating entry).
+    /// Resume position inside an entry: skip its events up to this kind.
     skip_until: Option<(u64, u8)>,
+    /// A transformed event that did not fit in the previous batch.
+    carry: Option<(crate::storage::Doc, Document)>,
 }
 
 const KNOWN_STAGES: [&str; 26] = [
@@ -220,6 +222,7 @@ impl ChangeStream {
             pending: VecDeque::new(),
             invalidated: false,
             skip_until,
+            carry: None,
         })
     }
 
@@ -361,16 +364,6 @@ impl ChangeStream {
                 let mut d = self.base_event(e, "create", 0);
                 d.insert("ns", ns);
                 d.insert("operationDescription", desc.clone());
-                d.insert(
-                    "nsType",
-                    if desc.contains_key("viewOn") {
-                        "view"
-                    } else if desc.contains_key("timeseries") {
-                        "timeseries"
-                    } else {
-                        "collection"
-                    },
-                );
                 out.push(self.finish(d, e));
             }
             Kind::CreateIndexes { indexes } if self.show_expanded => {
@@ -457,32 +450,59 @@ impl ChangeStream {
     }
 
     /// Produces the next batch (at most `max` events) and advances the high-water mark.
-    pub fn next_batch(&mut self, oplog: &Oplog, catalog: &Catalog, max: usize) -> Result<Vec<Document>> {
-        let mut out = Vec::new();
+    pub fn next_batch(&mut self, oplog: &Oplog, catalog: &Catalog, max: usize) -> Result<Vec<crate::storage::Doc>> {
+        const MAX_BYTES: usize = 15 * 1024 * 1024;
+        let mut out: Vec<crate::storage::Doc> = Vec::new();
+        let mut bytes = 0usize;
         if self.invalidated {
             return Ok(out);
         }
-        if self.next_seq < oplog.first_seq() && self.pending.is_empty() {
+        if self.next_seq < oplog.first_seq() && self.pending.is_empty() && self.carry.is_none() {
             return Err(history_lost());
         }
+        if let Some((raw, token)) = self.carry.take() {
+            bytes += raw.as_bytes().len();
+            out.push(raw);
+            self.pbrt = token;
+        }
         loop {
-            while out.len() < max {
+            while out.len() < max && bytes < MAX_BYTES {
                 let Some(ev) = self.pending.pop_front() else { break };
                 let is_invalidate = ev.get_str("operationType") == Ok("invalidate");
-                if let Ok(id) = ev.get_document("_id") {
-                    self.pbrt = id.clone();
-                }
                 if is_invalidate {
-                    out.push(ev);
+                    if let Ok(id) = ev.get_document("_id") {
+                        self.pbrt = id.clone();
+                    }
+                    out.push(std::sync::Arc::new(bson::RawDocumentBuf::from_document(&ev)?));
                     self.invalidated = true;
                     self.pending.clear();
                     return Ok(out);
                 }
+                let token = ev.get_document("_id").ok().cloned();
                 if let Some(ev) = self.apply_pipeline(ev)? {
-                    out.push(ev);
+                    let raw = bson::RawDocumentBuf::from_document(&ev)?;
+                    if raw.as_bytes().len() > 16 * 1024 * 1024 {
+                        return Err(Error::new(
+                            10334,
+                            format!(
+                                "BSONObj size: {} (0x{:X}) is invalid. Size must be between 0 and 16793600(16MB)",
+                                raw.as_bytes().len(),
+                                raw.as_bytes().len()
+                            ),
+                        ));
+                    }
+                    if !out.is_empty() && bytes + raw.as_bytes().len() > MAX_BYTES {
+                        self.carry = Some((std::sync::Arc::new(raw), token.unwrap_or_default()));
+                        return Ok(out);
+                    }
+                    bytes += raw.as_bytes().len();
+                    out.push(std::sync::Arc::new(raw));
+                }
+                if let Some(t) = token {
+                    self.pbrt = t;
                 }
             }
-            if out.len() >= max {
+            if out.len() >= max || bytes >= MAX_BYTES {
                 return Ok(out);
             }
             let entries = oplog.read_from(self.next_seq, 256);
@@ -519,7 +539,7 @@ impl ChangeStream {
 
     /// True when the stream has buffered events ready.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.carry.is_some()
     }
 }
 

@@ -293,3 +293,35 @@ async fn pipeline_stages_apply_to_events() {
     let tok: Bson = Bson::Document(bson::to_document(&e.id).unwrap());
     assert!(tok.as_document().unwrap().get_str("_data").unwrap().starts_with("82"));
 }
+
+#[tokio::test]
+async fn large_events_are_split_across_batches() {
+    let s = common::server();
+    let c = common::client(&s).await;
+    let db = c.database("big");
+    let r = db
+        .run_command(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {"batchSize": 0}})
+        .await
+        .unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let coll = db.collection::<Document>("c");
+    let pad = "y".repeat(1024 * 1024);
+    for i in 0..40 {
+        coll.insert_one(doc! {"_id": i, "pad": pad.clone()}).await.unwrap();
+    }
+    let mut seen = 0;
+    let mut batches = 0;
+    while seen < 40 {
+        let r = db.run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 100}).await.unwrap();
+        let batch = r.get_document("cursor").unwrap().get_array("nextBatch").unwrap().clone();
+        let ids: Vec<i32> = batch
+            .iter()
+            .map(|e| e.as_document().unwrap().get_document("documentKey").unwrap().get_i32("_id").unwrap())
+            .collect();
+        assert_eq!(ids, (seen..seen + ids.len() as i32).collect::<Vec<_>>());
+        seen += ids.len() as i32;
+        batches += 1;
+        assert!(batches < 10);
+    }
+    assert!(batches >= 3, "{batches} batches");
+}

@@ -518,7 +518,7 @@ pub fn aggregate(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
         };
         let mut cs = ChangeStream::open(scope, &spec, pipeline[1..].to_vec(), &st.oplog)?;
         let events = if bs == Some(0) { Vec::new() } else { cs.next_batch(&st.oplog, &st.catalog, bs.unwrap_or(101))? };
-        let batch = events.iter().map(to_raw).collect::<Result<Vec<_>>>()?;
+        let batch = events;
         let pbrt = cs.pbrt.clone();
         let id = if cs.invalidated {
             0
@@ -732,7 +732,7 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
                         if inval {
                             st.cursors.remove(&id);
                         }
-                        let batch = events.iter().map(to_raw).collect::<Result<Vec<_>>>()?;
+                        let batch = events;
                         return Ok(Reply::Cursor(CursorReply {
                             id: if inval { 0 } else { id },
                             ns,
