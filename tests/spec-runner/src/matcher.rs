@@ -38,10 +38,47 @@ pub fn matches(expected: &Bson, actual: Option<&Bson>, root: bool, entities: &dy
     match_at(expected, actual, root, entities, "")
 }
 
-/// Exact comparison (no extra keys anywhere), with numeric equivalence, as
-/// used for `outcome`.
+/// Exact comparison as used for `outcome`: same keys, same types and values
+/// everywhere; only the key order of documents may differ. No special
+/// operators and no numeric equivalence.
 pub fn matches_exactly(expected: &Bson, actual: &Bson) -> Result<(), String> {
-    match_at(expected, Some(actual), false, &NoEntities, "")
+    exact_at(expected, actual, "")
+}
+
+fn exact_at(expected: &Bson, actual: &Bson, path: &str) -> Result<(), String> {
+    let here = show_path(path);
+    match (expected, actual) {
+        (Bson::Document(e), Bson::Document(a)) => {
+            for (key, value) in e {
+                let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match a.get(key) {
+                    Some(v) => exact_at(value, v, &sub)?,
+                    None => return Err(format!("{sub}: expected {value}, but the key is absent")),
+                }
+            }
+            if let Some(extra) = a.keys().find(|k| !e.contains_key(*k)) {
+                return Err(format!("{here}: unexpected key {extra:?} in {actual}"));
+            }
+            Ok(())
+        }
+        (Bson::Array(e), Bson::Array(a)) => {
+            if e.len() != a.len() {
+                return Err(format!(
+                    "{here}: expected {} elements, got {}: expected {expected}, got {actual}",
+                    e.len(),
+                    a.len()
+                ));
+            }
+            for (i, (x, y)) in e.iter().zip(a).enumerate() {
+                exact_at(x, y, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ if expected == actual => Ok(()),
+        _ => {
+            Err(format!("{here}: expected {expected} ({}), got {actual} ({})", type_name(expected), type_name(actual)))
+        }
+    }
 }
 
 fn show_path(path: &str) -> &str {
@@ -371,6 +408,13 @@ mod tests {
         assert!(m(bson!({ "$$lte": 5 }), Bson::Int32(6), false).is_err());
         let bin = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0xab, 0x01] });
         assert!(m(bson!({ "$$matchesHexBytes": "AB01" }), bin, false).is_ok());
+    }
+
+    #[test]
+    fn exact_compare_is_type_strict() {
+        assert!(matches_exactly(&bson!({ "x": 1 }), &bson!({ "x": 1_i64 })).is_err());
+        assert!(matches_exactly(&bson!({ "x": [1, { "y": 2.5 }] }), &bson!({ "x": [1, { "y": 2.5 }] })).is_ok());
+        assert!(matches_exactly(&bson!({ "x": { "$$exists": true } }), &bson!({ "x": 1 })).is_err());
     }
 
     #[test]
