@@ -304,7 +304,7 @@ impl ChangeStream {
                 d.insert("documentKey", key);
                 out.push(self.finish(d, e));
             }
-            Kind::Update { id, desc, pre, post, images } => {
+            Kind::Update { id, desc, pre, post, images, .. } => {
                 let mut d = self.base_event(e, "update", 0);
                 d.insert("ns", ns);
                 d.insert("documentKey", doc! {"_id": id.clone()});
@@ -344,7 +344,7 @@ impl ChangeStream {
                 pre_field(&mut d, pre)?;
                 out.push(self.finish(d, e));
             }
-            Kind::Replace { id, doc, pre } => {
+            Kind::Replace { id, doc, pre, .. } => {
                 let mut d = self.base_event(e, "replace", 0);
                 d.insert("fullDocument", doc.to_document()?);
                 d.insert("ns", ns);
@@ -352,7 +352,7 @@ impl ChangeStream {
                 pre_field(&mut d, pre)?;
                 out.push(self.finish(d, e));
             }
-            Kind::Delete { id, pre } => {
+            Kind::Delete { id, pre, .. } => {
                 let mut d = self.base_event(e, "delete", 0);
                 d.insert("ns", ns);
                 d.insert("documentKey", doc! {"_id": id.clone()});

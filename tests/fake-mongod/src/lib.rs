@@ -15,6 +15,7 @@
 //! - [`oplog`]: optimes and the bounded oplog.
 //! - [`change_stream`]: change stream events, resume tokens, invalidation, history loss.
 //! - [`session`]: sessions, retryable-write results, transaction state.
+//! - [`snapshot`]: point-in-time collection views for snapshot reads.
 //! - [`failpoint`]: `configureFailPoint` (`failCommand`, `failGetMoreAfterCursorCheckout`).
 //! - [`commands`]: dispatch by command name (admin, DDL, CRUD, cursors, transactions).
 //! - [`server`]: listener, connections, fault controls and the [`FakeMongod`] handle.
@@ -31,6 +32,7 @@ pub mod projection;
 pub mod query;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod storage;
 pub mod update;
 pub mod wire;

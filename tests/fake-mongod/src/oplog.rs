@@ -15,11 +15,12 @@ pub enum Kind {
     Insert { doc: Doc },
     /// Modifier or pipeline update (delta described by `desc`). `post` is the new document;
     /// `images` tells whether pre/post images were recorded for change streams.
-    Update { id: Bson, desc: Document, pre: Option<Doc>, post: Doc, images: bool },
+    /// `before` is the previous version (kept for snapshot reads).
+    Update { id: Bson, desc: Document, pre: Option<Doc>, post: Doc, images: bool, before: Doc },
     /// Full-document replacement.
-    Replace { id: Bson, doc: Doc, pre: Option<Doc> },
+    Replace { id: Bson, doc: Doc, pre: Option<Doc>, before: Doc },
     /// Delete.
-    Delete { id: Bson, pre: Option<Doc> },
+    Delete { id: Bson, pre: Option<Doc>, before: Doc },
     /// No-op (`appendOplogNote`, periodic no-op writer).
     Noop { msg: Document },
     /// Collection or view creation.
@@ -212,6 +213,11 @@ impl Oplog {
             return None;
         }
         self.entries.get((seq - first) as usize).cloned()
+    }
+
+    /// Retained entries with an optime after `t`, newest first.
+    pub fn newer_than(&self, t: Timestamp) -> Vec<Arc<Entry>> {
+        self.entries.iter().rev().take_while(|e| (e.ts.time, e.ts.increment) > (t.time, t.increment)).cloned().collect()
     }
 
     /// Number of retained entries.

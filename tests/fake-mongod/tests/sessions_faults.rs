@@ -261,3 +261,38 @@ async fn not_primary_errors_are_recovered_quickly() {
     assert!(coll.find_one(doc! {}).await.unwrap().is_some());
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn snapshot_reads_see_a_point_in_time() {
+    let s = common::server();
+    let c = common::client(&s).await;
+    let coll = c.database("snap").collection::<Document>("c");
+    coll.insert_many(vec![doc! {"_id": 1, "x": 11}, doc! {"_id": 2, "x": 22}]).await.unwrap();
+    let mut sess = c.start_session().snapshot(true).await.unwrap();
+    let first: Vec<Document> =
+        coll.find(doc! {}).session(&mut sess).await.unwrap().stream(&mut sess).try_collect().await.unwrap();
+    assert_eq!(first.len(), 2);
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"x": 13}}).await.unwrap();
+    coll.delete_one(doc! {"_id": 2}).await.unwrap();
+    coll.insert_one(doc! {"_id": 3}).await.unwrap();
+    let again: Vec<Document> =
+        coll.find(doc! {}).session(&mut sess).await.unwrap().stream(&mut sess).try_collect().await.unwrap();
+    assert_eq!(again, vec![doc! {"_id": 1, "x": 11}, doc! {"_id": 2, "x": 22}]);
+    // raw form: atClusterTime is reported and honoured
+    let r = c.database("snap").run_command(doc! {"find": "c", "readConcern": {"level": "snapshot"}}).await.unwrap();
+    let at = r.get_document("cursor").unwrap().get_timestamp("atClusterTime").unwrap();
+    coll.insert_one(doc! {"_id": 4}).await.unwrap();
+    let r = c
+        .database("snap")
+        .run_command(doc! {"find": "c", "readConcern": {"level": "snapshot", "atClusterTime": at}})
+        .await
+        .unwrap();
+    assert_eq!(r.get_document("cursor").unwrap().get_array("firstBatch").unwrap().len(), 2);
+    // writes with snapshot read concern are refused outside transactions
+    let e = c
+        .database("snap")
+        .run_command(doc! {"insert": "c", "documents": [{"_id": 9}], "readConcern": {"level": "snapshot"}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(72));
+}

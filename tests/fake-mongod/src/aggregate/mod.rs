@@ -415,6 +415,9 @@ fn run_stage(st: &Document, docs: Vec<Document>, env: &Env) -> Result<Vec<Docume
         }
         "$redact" => docs,
         "$indexStats" | "$planCacheStats" => Vec::new(),
+        "$listSearchIndexes" | "$search" | "$searchMeta" | "$vectorSearch" => {
+            return Err(Error::new(31082, format!("{name} stage is only allowed on MongoDB Atlas")));
+        }
         "$out" | "$merge" => {
             return Err(Error::new(40601, format!("{name} can only be the final stage in the pipeline")));
         }

@@ -555,10 +555,17 @@ pub fn update_one_stmt(sc: &mut Scope, db: &str, coll: &str, s: &UpdateSpec) -> 
         let arc = Arc::new(new_raw);
         let prev = c.replace(&ns, h.rid, Arc::clone(&arc))?;
         let id = old.get("_id").cloned().unwrap_or(Bson::Null);
-        let pre = if images { Some(prev) } else { None };
+        let pre = if images { Some(Arc::clone(&prev)) } else { None };
         let kind = match s.u {
-            UpdateKind::Replace(_) => Kind::Replace { id, doc: Arc::clone(&arc), pre },
-            _ => Kind::Update { id, desc: tracker.description(&newdoc, true), pre, post: Arc::clone(&arc), images },
+            UpdateKind::Replace(_) => Kind::Replace { id, doc: Arc::clone(&arc), pre, before: prev },
+            _ => Kind::Update {
+                id,
+                desc: tracker.description(&newdoc, true),
+                pre,
+                post: Arc::clone(&arc),
+                images,
+                before: prev,
+            },
         };
         sc.ops.push(Pending { db: db.into(), coll: coll.into(), uuid: Some(uuid), kind });
         res.modified += 1;
@@ -706,7 +713,7 @@ pub fn delete_stmt(
                 db: db.into(),
                 coll: coll.into(),
                 uuid: Some(uuid),
-                kind: Kind::Delete { id, pre: if images { Some(old) } else { None } },
+                kind: Kind::Delete { id, pre: if images { Some(Arc::clone(&old)) } else { None }, before: old },
             });
             removed.push(dec);
         }

@@ -543,7 +543,14 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
         ));
     }
     let collation = command_collation(&ctx.cmd, &ctx.seqs, st, &ctx.db);
-    let r = crate::bson_order::with_collation(collation.as_ref(), || run_sync(ctx, st, &name));
+    let snapshot_read = !ctx.in_txn
+        && matches!(name.as_str(), "find" | "aggregate" | "distinct")
+        && ctx.cmd.get_document("readConcern").ok().and_then(|r| r.get_str("level").ok()) == Some("snapshot");
+    let r = if snapshot_read {
+        snapshot_read_cmd(ctx, st, &name, collation.as_ref())
+    } else {
+        crate::bson_order::with_collation(collation.as_ref(), || run_sync(ctx, st, &name))
+    };
     if ctx.in_txn && !matches!(name.as_str(), "commitTransaction" | "abortTransaction") {
         let failed = match &r {
             Err(_) => true,
@@ -569,6 +576,50 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
         shared.notify_oplog();
     }
     r
+}
+
+/// Runs a read at a snapshot: the target collection is swapped for its past version while
+/// the command runs (the state lock is held throughout), and `atClusterTime` is reported.
+fn snapshot_read_cmd(ctx: &mut Ctx, st: &mut State, name: &str, collation: Option<&Document>) -> Result<Reply> {
+    let t = ctx
+        .cmd
+        .get_document("readConcern")
+        .ok()
+        .and_then(|r| r.get_timestamp("atClusterTime").ok())
+        .unwrap_or_else(|| st.oplog.last_ts());
+    let coll = ctx.cmd.get_str(name).ok().map(str::to_string);
+    let mut swapped = None;
+    if let Some(coll) = &coll {
+        let past = crate::snapshot::collection_at(&st.catalog, &st.oplog, &ctx.db, coll, t)?;
+        let db = st.catalog.dbs.entry(ctx.db.clone()).or_default();
+        let current = match past {
+            Some(p) => db.colls.insert(coll.clone(), p),
+            None => db.colls.remove(coll),
+        };
+        swapped = Some((coll.clone(), current));
+    }
+    let r = crate::bson_order::with_collation(collation, || run_sync(ctx, st, name));
+    if let Some((coll, current)) = swapped {
+        let db = st.catalog.dbs.entry(ctx.db.clone()).or_default();
+        match current {
+            Some(c) => {
+                db.colls.insert(coll, c);
+            }
+            None => {
+                db.colls.remove(&coll);
+            }
+        }
+    }
+    Ok(match r? {
+        Reply::Cursor(mut c) => {
+            c.cursor_extra.insert("atClusterTime", t);
+            Reply::Cursor(c)
+        }
+        Reply::Doc(mut d) => {
+            d.insert("atClusterTime", t);
+            Reply::Doc(d)
+        }
+    })
 }
 
 /// The collation a command asks for (command-level, first statement, or the collection default).
