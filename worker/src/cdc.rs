@@ -72,6 +72,8 @@ use crate::error::WorkerError;
 
 /// How often the source's latest write time is read for the lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a cancelled task spends on its last checkpoint.
+const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the change-stream task of one source shard until cancelled (pause, release, shutdown,
 /// end of the migration) or failed.
@@ -129,6 +131,18 @@ pub async fn run_change_stream_with(
                 }
                 Ok(()) => Err(WorkerError::Fatal { name, description }),
             }
+        }
+        Err(WorkerError::Cancelled) => {
+            // Pause or release: record what is applied so the next holder repeats less. Best
+            // effort — the checkpoint from the last tick is just as correct, only older.
+            let checkpoint = engine.compose();
+            if checkpoint != engine.saved {
+                let save = ctx.checkpoints.save(TaskStatus::Running, CheckpointDetail::ChangeStream(checkpoint));
+                if let Ok(Err(WorkerError::Fenced { task })) = tokio::time::timeout(FINAL_SAVE_TIMEOUT, save).await {
+                    return Err(WorkerError::Fenced { task });
+                }
+            }
+            Err(WorkerError::Cancelled)
         }
         other => other,
     }

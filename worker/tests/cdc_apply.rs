@@ -146,14 +146,32 @@ async fn documents_with_awkward_shapes_converge() {
     running.stop().await.unwrap_err();
 }
 
+/// The size of an insert event of `{_id: <i32>, payload: <string of n bytes>}` into app.big,
+/// minus `n`: measured on a change stream of the source.
+async fn insert_event_overhead(harness: &Harness) -> usize {
+    let coll = harness.source_coll("app", "probe");
+    let mut stream = coll.watch().show_expanded_events(true).await.unwrap().with_type::<bson::RawDocumentBuf>();
+    coll.insert_one(doc! {"_id": 0, "payload": "x"}).await.unwrap();
+    let event = loop {
+        if let Some(event) = stream.next_if_any().await.unwrap()
+            && event.get_str("operationType").unwrap() == "insert"
+        {
+            break event;
+        }
+    };
+    coll.drop().await.unwrap();
+    // Same layout in app.big as in app.probe, bar the collection name's length.
+    event.as_bytes().len() - 1 + ("big".len()) * 2 - ("probe".len()) * 2
+}
+
 #[tokio::test]
-async fn events_too_large_to_spool_are_applied_by_lookup() {
+async fn events_too_large_to_wrap_are_spooled_as_references() {
     let harness = Harness::start().await;
+    let overhead = insert_event_overhead(&harness).await;
     let running = harness.run().await;
     let coll = harness.source_coll("app", "big");
-    // A document just under the 16 MB limit: its insert event, with the event's own fields,
-    // is over the limit and cannot be stored as a spool entry.
-    let payload = "x".repeat(16 * 1024 * 1024 - 100);
+    // An event just under the 16 MB limit: deliverable, but not with a spool entry around it.
+    let payload = "x".repeat(16 * 1024 * 1024 - 16 - overhead);
     coll.insert_one(doc! {"_id": 1, "payload": payload.clone()}).await.unwrap();
     coll.insert_one(doc! {"_id": 2, "small": true}).await.unwrap();
     let spooled = harness.wait_cdc("both events spooled", |c| c.events_spooled >= 2).await;
@@ -161,13 +179,49 @@ async fn events_too_large_to_spool_are_applied_by_lookup() {
     let reference = harness.spool().find_one(doc! {"ref": {"$exists": true}}).await.unwrap();
     let reference = reference.expect("the large event is spooled as a reference");
     assert_eq!(reference.get_document("ref").unwrap().get_document("documentKey").unwrap(), &doc! {"_id": 1});
+    let wrapped = doc! {"ev.ns.coll": "big", "ev.documentKey._id": 1};
+    assert_eq!(harness.spool().count_documents(wrapped).await.unwrap(), 0);
 
     harness.complete_copy().await;
     harness.wait_live().await;
     harness.wait_converged("large documents").await;
     // Live, large events go straight to the appliers.
-    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"payload": format!("y{}", &payload[1..])}}).await.unwrap();
-    coll.replace_one(doc! {"_id": 2}, doc! {"payload": payload}).await.unwrap();
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"small": 1}}).await.unwrap();
+    coll.replace_one(doc! {"_id": 2}, doc! {"payload": &payload[..payload.len() - 100]}).await.unwrap();
     harness.wait_converged("large documents, live").await;
     running.stop().await.unwrap_err();
+}
+
+#[tokio::test]
+async fn an_event_over_16_mb_is_never_skipped() {
+    let harness = Harness::start().await;
+    let running = harness.run().await;
+    // The insert event of a document just under 16 MB is over 16 MB. MongoDB 7.0 splits it into
+    // fragments (`$changeStreamSplitLargeEvent`), which are reassembled and spooled as a
+    // reference; a server that cannot split it fails the stream, and then the task fails with
+    // the reason.
+    let payload = "x".repeat(16 * 1024 * 1024 - 100);
+    harness.source_coll("app", "big").insert_one(doc! {"_id": 1, "payload": payload}).await.unwrap();
+    match &harness.servers {
+        cdc_support::Servers::Fake { .. } => {
+            let result = running.finished().await;
+            assert!(
+                matches!(&result, Err(clustersync_worker::error::WorkerError::Fatal { name, .. }) if name == "ChangeEventTooLarge"),
+                "{result:?}"
+            );
+            let checkpoint = harness.checkpoint().await.unwrap();
+            let TaskStatus::Failed { error, description } = checkpoint.status else {
+                panic!("the failure is recorded: {checkpoint:?}")
+            };
+            assert_eq!(error, "ChangeEventTooLarge");
+            assert!(description.contains("larger than 16 MB"), "{description}");
+        }
+        cdc_support::Servers::Real { .. } => {
+            harness.wait_cdc("the split event spooled", |c| c.events_spooled >= 1).await;
+            harness.complete_copy().await;
+            harness.wait_live().await;
+            harness.wait_converged("an event split by the server").await;
+            running.stop().await.unwrap_err();
+        }
+    }
 }
