@@ -27,17 +27,20 @@ pub enum Event {
         db: String,
         command: Document,
         has_service_id: bool,
+        has_server_connection_id: bool,
     },
     CommandSucceeded {
         name: String,
         db: String,
         reply: Document,
         has_service_id: bool,
+        has_server_connection_id: bool,
     },
     CommandFailed {
         name: String,
         db: String,
         has_service_id: bool,
+        has_server_connection_id: bool,
     },
     /// A CMAP event by its unified-format name, e.g. `poolClearedEvent`.
     Cmap {
@@ -510,6 +513,7 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
                     db: e.db,
                     command: e.command,
                     has_service_id: e.service_id.is_some(),
+                    has_server_connection_id: e.connection.server_id.is_some(),
                 }
             }
             CommandEvent::Succeeded(e) => {
@@ -521,6 +525,7 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
                     db: l.dbs.remove(&e.request_id).unwrap_or_default(),
                     reply: e.reply,
                     has_service_id: e.service_id.is_some(),
+                    has_server_connection_id: e.connection.server_id.is_some(),
                 }
             }
             CommandEvent::Failed(e) => {
@@ -531,6 +536,7 @@ async fn create_client(spec: &Document, ctx: &ClientContext) -> Result<ClientEnt
                     name: e.command_name,
                     db: l.dbs.remove(&e.request_id).unwrap_or_default(),
                     has_service_id: e.service_id.is_some(),
+                    has_server_connection_id: e.connection.server_id.is_some(),
                 }
             }
             _ => return,

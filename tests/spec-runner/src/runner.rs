@@ -109,6 +109,7 @@ impl Runner {
     /// Runs the tests of one file whose id contains `filter`.
     pub async fn run_file(&self, file: &TestFile, filter: Option<&str>) -> Vec<TestReport> {
         let mut out = Vec::new();
+        let schema_error = crate::spec::schema_error(file);
         let file_skip = crate::spec::file_skip_reason(file, &self.server);
         for test in file.tests() {
             let desc = test.get_str("description").unwrap_or("<no description>");
@@ -116,7 +117,9 @@ impl Runner {
             if filter.is_some_and(|f| !id.contains(f)) {
                 continue;
             }
-            let status = if let Some(reason) = &file_skip {
+            let status = if let Some(reason) = &schema_error {
+                Status::Fail(reason.clone())
+            } else if let Some(reason) = &file_skip {
                 Status::Skip(reason.clone())
             } else if let Some(reason) = crate::spec::test_skip_reason(&test, &self.server) {
                 Status::Skip(reason)
@@ -365,7 +368,7 @@ impl Runner {
                 Output::Collection(c, client) => Entity::Collection(c, client),
                 Output::Cursor(c) => Entity::Cursor(c),
             };
-            st.entities.map.insert(id.to_string(), entity);
+            st.entities.insert(id, entity)?;
         }
         Ok(())
     }
@@ -617,6 +620,16 @@ fn match_event(want: &Document, actual: &Event, ents: &dyn EntityLookup) -> Resu
             ) => {
                 if value.as_bool() != Some(*has_service_id) {
                     return Err(format!("{kind}.hasServiceId: expected {value}"));
+                }
+            }
+            (
+                "hasServerConnectionId",
+                Event::CommandStarted { has_server_connection_id, .. }
+                | Event::CommandSucceeded { has_server_connection_id, .. }
+                | Event::CommandFailed { has_server_connection_id, .. },
+            ) => {
+                if value.as_bool() != Some(*has_server_connection_id) {
+                    return Err(format!("{kind}.hasServerConnectionId: expected {value}"));
                 }
             }
             _ => {
