@@ -5,7 +5,8 @@
 //! Resume token layout (`_id._data`, upper-case hex, 44 characters):
 //! `82`, then the optime as big-endian u64 (`secs << 32 | inc`, 16 hex), then txnOpIndex
 //! (u32, 8 hex), then the oplog sequence number (u64, 16 hex), then the kind (u8, 2 hex:
-//! 00 event or high-water mark, 01 invalidate). Tokens compare as strings in stream order.
+//! 00 event or high-water mark, 01 invalidate, 0x80 + n fragment n of a split event).
+//! Tokens compare as strings in stream order.
 //! The first 18 characters match real MongoDB tokens, so the optime can be read back.
 
 use std::collections::VecDeque;
@@ -85,11 +86,16 @@ pub struct ChangeStream {
     pub invalidated: bool,
     /// Resume position inside an entry: skip its events up to this kind.
     skip_until: Option<(u64, u8)>,
-    /// A transformed event that did not fit in the previous batch.
-    carry: Option<(crate::storage::Doc, Document)>,
+    /// Events that went through the pipeline, with their tokens, not yet returned.
+    ready: VecDeque<(crate::storage::Doc, Document)>,
+    /// `$changeStreamSplitLargeEvent` was given.
+    split_large: bool,
+    /// Resuming inside a split event: skip its fragments up to this one.
+    skip_fragments: Option<(u64, u8)>,
 }
 
-const KNOWN_STAGES: [&str; 26] = [
+const KNOWN_STAGES: [&str; 27] = [
+    "$changeStreamSplitLargeEvent",
     "$match",
     "$project",
     "$addFields",
@@ -124,7 +130,15 @@ fn internal_db(db: &str) -> bool {
 
 impl ChangeStream {
     /// Opens a stream from the `$changeStream` stage options.
-    pub fn open(scope: Scope, spec: &Document, pipeline: Vec<Document>, oplog: &Oplog) -> Result<ChangeStream> {
+    pub fn open(scope: Scope, spec: &Document, mut pipeline: Vec<Document>, oplog: &Oplog) -> Result<ChangeStream> {
+        let mut split_large = false;
+        if let Some(i) = pipeline.iter().position(|st| st.contains_key("$changeStreamSplitLargeEvent")) {
+            if i + 1 != pipeline.len() {
+                return Err(Error::new(7182802, "$changeStreamSplitLargeEvent must be the last stage in the pipeline"));
+            }
+            pipeline.pop();
+            split_large = true;
+        }
         for (k, _) in spec {
             if !matches!(
                 k.as_str(),
@@ -173,6 +187,7 @@ impl ChangeStream {
             return Err(Error::new(40674, "Only one type of resume option is allowed, but multiple were found."));
         }
         let mut skip_until = None;
+        let mut skip_fragments = None;
         let (next_seq, pbrt) = if let Some(tok) = resume_after.or(start_after) {
             let t = Token::parse(tok)?;
             if t.kind == 1 && resume_after.is_some() {
@@ -186,7 +201,18 @@ impl ChangeStream {
             {
                 return Err(history_lost());
             }
-            if t.kind == 0 {
+            if t.kind & 0x80 != 0 {
+                // resume inside a split event: its later fragments still follow
+                if !split_large {
+                    return Err(Error::new(
+                        7182803,
+                        "To resume from a split event, the $changeStream pipeline must include a $changeStreamSplitLargeEvent stage",
+                    ));
+                }
+                skip_until = Some((t.seq, t.kind));
+                skip_fragments = Some((t.seq, t.kind));
+                (t.seq, tok.clone())
+            } else if t.kind == 0 {
                 // resume after the event: events of the same entry with a higher kind still follow
                 skip_until = Some((t.seq, 0));
                 (t.seq, tok.clone())
@@ -222,7 +248,9 @@ impl ChangeStream {
             pending: VecDeque::new(),
             invalidated: false,
             skip_until,
-            carry: None,
+            ready: VecDeque::new(),
+            split_large,
+            skip_fragments,
         })
     }
 
@@ -449,6 +477,47 @@ impl ChangeStream {
         Ok(out)
     }
 
+    /// Splits an oversized event into `splitEvent` fragments (`$changeStreamSplitLargeEvent`).
+    fn split(&self, ev: &Document) -> Result<Vec<(crate::storage::Doc, Document)>> {
+        // fragments stay within 16 MB; a single field alone may use the internal BSON limit
+        // (16 MB + 16 KB)
+        const LIMIT: usize = 16 * 1024 * 1024;
+        const INTERNAL_LIMIT: usize = 16 * 1024 * 1024 + 16 * 1024;
+        let token = ev
+            .get_document("_id")
+            .ok()
+            .and_then(|t| Token::parse(t).ok())
+            .ok_or_else(|| Error::new(1, "event without a token"))?;
+        let mut groups: Vec<Document> = vec![Document::new()];
+        let mut size = 200usize;
+        for (k, v) in ev {
+            if k == "_id" {
+                continue;
+            }
+            let one = crate::wire::doc_bytes(&doc! {k.clone(): v.clone()}).len();
+            if one + 200 > INTERNAL_LIMIT {
+                return Err(too_large(one));
+            }
+            if size > 200 && size + one > LIMIT {
+                groups.push(Document::new());
+                size = 200;
+            }
+            size += one;
+            if let Some(g) = groups.last_mut() {
+                g.insert(k.clone(), v.clone());
+            }
+        }
+        let of = groups.len() as i32;
+        let mut out = Vec::new();
+        for (i, g) in groups.into_iter().enumerate() {
+            let t = Token { kind: 0x80 | (i as u8 + 1), ..token }.to_doc();
+            let mut d = doc! {"_id": t.clone(), "splitEvent": {"fragment": i as i32 + 1, "of": of}};
+            d.extend(g);
+            out.push((std::sync::Arc::new(bson::RawDocumentBuf::from_document(&d)?), t));
+        }
+        Ok(out)
+    }
+
     /// Produces the next batch (at most `max` events) and advances the high-water mark.
     pub fn next_batch(&mut self, oplog: &Oplog, catalog: &Catalog, max: usize) -> Result<Vec<crate::storage::Doc>> {
         const MAX_BYTES: usize = 15 * 1024 * 1024;
@@ -457,53 +526,56 @@ impl ChangeStream {
         if self.invalidated {
             return Ok(out);
         }
-        if self.next_seq < oplog.first_seq() && self.pending.is_empty() && self.carry.is_none() {
+        if self.next_seq < oplog.first_seq() && self.pending.is_empty() && self.ready.is_empty() {
             return Err(history_lost());
         }
-        if let Some((raw, token)) = self.carry.take() {
-            bytes += raw.as_bytes().len();
-            out.push(raw);
-            self.pbrt = token;
-        }
         loop {
-            while out.len() < max && bytes < MAX_BYTES {
-                let Some(ev) = self.pending.pop_front() else { break };
-                let is_invalidate = ev.get_str("operationType") == Ok("invalidate");
-                if is_invalidate {
-                    if let Ok(id) = ev.get_document("_id") {
-                        self.pbrt = id.clone();
-                    }
-                    out.push(std::sync::Arc::new(bson::RawDocumentBuf::from_document(&ev)?));
-                    self.invalidated = true;
-                    self.pending.clear();
+            // hand out ready (post-pipeline) events
+            while out.len() < max {
+                let Some((raw, _)) = self.ready.front() else { break };
+                let len = raw.as_bytes().len();
+                if !out.is_empty() && bytes + len > MAX_BYTES {
                     return Ok(out);
                 }
-                let token = ev.get_document("_id").ok().cloned();
-                if let Some(ev) = self.apply_pipeline(ev)? {
-                    let raw = bson::RawDocumentBuf::from_document(&ev)?;
-                    if raw.as_bytes().len() > 16 * 1024 * 1024 {
-                        return Err(Error::new(
-                            10334,
-                            format!(
-                                "BSONObj size: {} (0x{:X}) is invalid. Size must be between 0 and 16793600(16MB)",
-                                raw.as_bytes().len(),
-                                raw.as_bytes().len()
-                            ),
-                        ));
-                    }
-                    if !out.is_empty() && bytes + raw.as_bytes().len() > MAX_BYTES {
-                        self.carry = Some((std::sync::Arc::new(raw), token.unwrap_or_default()));
-                        return Ok(out);
-                    }
-                    bytes += raw.as_bytes().len();
-                    out.push(std::sync::Arc::new(raw));
-                }
-                if let Some(t) = token {
-                    self.pbrt = t;
-                }
+                let Some((raw, token)) = self.ready.pop_front() else { break };
+                bytes += len;
+                out.push(raw);
+                self.pbrt = token;
             }
             if out.len() >= max || bytes >= MAX_BYTES {
                 return Ok(out);
+            }
+            // run the next pending event through the pipeline
+            if let Some(ev) = self.pending.pop_front() {
+                let token_doc = ev.get_document("_id").ok().cloned().unwrap_or_default();
+                if ev.get_str("operationType") == Ok("invalidate") {
+                    out.push(std::sync::Arc::new(bson::RawDocumentBuf::from_document(&ev)?));
+                    self.pbrt = token_doc;
+                    self.invalidated = true;
+                    self.pending.clear();
+                    self.ready.clear();
+                    return Ok(out);
+                }
+                match self.apply_pipeline(ev)? {
+                    None => self.pbrt = token_doc,
+                    Some(ev) => {
+                        let raw = bson::RawDocumentBuf::from_document(&ev)?;
+                        if raw.as_bytes().len() <= 16 * 1024 * 1024 {
+                            self.ready.push_back((std::sync::Arc::new(raw), token_doc));
+                        } else if self.split_large {
+                            let mut frags = self.split(&ev)?;
+                            if let Some((seq, k)) = self.skip_fragments.take()
+                                && Token::parse(&token_doc).is_ok_and(|t| t.seq == seq)
+                            {
+                                frags.retain(|(_, t)| Token::parse(t).is_ok_and(|t| t.kind > k));
+                            }
+                            self.ready.extend(frags);
+                        } else {
+                            return Err(too_large(raw.as_bytes().len()));
+                        }
+                    }
+                }
+                continue;
             }
             let entries = oplog.read_from(self.next_seq, 256);
             if entries.is_empty() {
@@ -514,11 +586,12 @@ impl ChangeStream {
                 let mut evs = self.events_for(&e, catalog)?;
                 if let Some((seq, kind)) = self.skip_until {
                     if e.seq == seq {
+                        let keep_event = kind & 0x80 != 0;
                         evs.retain(|ev| {
                             ev.get_document("_id")
                                 .ok()
                                 .and_then(|t| Token::parse(t).ok())
-                                .is_some_and(|t| t.kind > kind)
+                                .is_some_and(|t| t.kind > kind || (keep_event && t.kind == 0))
                         });
                     }
                     if e.seq >= seq {
@@ -529,8 +602,6 @@ impl ChangeStream {
                     self.pbrt = Token { ts: e.ts, txn_op_index: e.txn_op_index, seq: e.seq, kind: 0 }.to_doc();
                 } else {
                     self.pending.extend(evs);
-                }
-                if !self.pending.is_empty() {
                     break;
                 }
             }
@@ -539,8 +610,12 @@ impl ChangeStream {
 
     /// True when the stream has buffered events ready.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || self.carry.is_some()
+        !self.pending.is_empty() || !self.ready.is_empty()
     }
+}
+
+fn too_large(n: usize) -> Error {
+    Error::new(10334, format!("BSONObj size: {n} (0x{n:X}) is invalid. Size must be between 0 and 16793600(16MB)"))
 }
 
 /// The ChangeStreamHistoryLost (286) error.

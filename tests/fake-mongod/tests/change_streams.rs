@@ -325,3 +325,55 @@ async fn large_events_are_split_across_batches() {
     }
     assert!(batches >= 3, "{batches} batches");
 }
+
+#[tokio::test]
+async fn split_large_event_fragments_and_resume_inside() {
+    let s = common::server();
+    let c = common::client(&s).await;
+    let db = c.database("split");
+    let open = |extra: Document| {
+        let mut spec = doc! {};
+        spec.extend(extra);
+        doc! {"aggregate": "c", "pipeline": [{"$changeStream": spec}, {"$changeStreamSplitLargeEvent": {}}], "cursor": {"batchSize": 0}}
+    };
+    let r = db.run_command(open(doc! {})).await.unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let coll = db.collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1, "payload": "x".repeat(16 * 1024 * 1024 - 100)}).await.unwrap();
+    coll.insert_one(doc! {"_id": 2}).await.unwrap();
+    let mut got: Vec<Document> = Vec::new();
+    for _ in 0..10 {
+        let r = db.run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 100}).await.unwrap();
+        let nb = r.get_document("cursor").unwrap().get_array("nextBatch").unwrap().clone();
+        got.extend(nb.iter().map(|e| e.as_document().unwrap().clone()));
+        if got.len() >= 4 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 4);
+    for (i, g) in got[..3].iter().enumerate() {
+        assert_eq!(g.get_document("splitEvent").unwrap(), &doc! {"fragment": i as i32 + 1, "of": 3});
+    }
+    assert_eq!(got[0].get_str("operationType").unwrap(), "insert");
+    assert!(got[1].get_document("fullDocument").is_ok());
+    assert_eq!(got[2].get_document("documentKey").unwrap(), &doc! {"_id": 1});
+    assert!(got[3].get_document("splitEvent").is_err());
+    // resuming after the first fragment yields the second one, then the next event
+    let tok = got[0].get_document("_id").unwrap().clone();
+    let r = db.run_command(open(doc! {"resumeAfter": tok.clone()})).await.unwrap();
+    let id2 = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let r = db.run_command(doc! {"getMore": id2, "collection": "c", "maxTimeMS": 100}).await.unwrap();
+    let batch = r.get_document("cursor").unwrap().get_array("nextBatch").unwrap().clone();
+    assert_eq!(batch[0].as_document().unwrap().get_document("splitEvent").unwrap(), &doc! {"fragment": 2, "of": 3});
+    // without the stage the oversized event fails with BSONObjectTooLarge
+    let r = db
+        .run_command(
+            doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"resumeAfter": tok}}], "cursor": {"batchSize": 0}},
+        )
+        .await;
+    assert!(r.is_err(), "resuming a split token without the stage is refused");
+    let plain = db.run_command(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"startAtOperationTime": got[0].get_timestamp("clusterTime").unwrap()}}], "cursor": {"batchSize": 0}}).await.unwrap();
+    let id3 = plain.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let e = db.run_command(doc! {"getMore": id3, "collection": "c", "maxTimeMS": 100}).await.unwrap_err();
+    assert!(matches!(&*e.kind, ErrorKind::Command(ce) if ce.code == 10334), "{e}");
+}
