@@ -40,9 +40,14 @@ pub fn read_list(path: &Path) -> Result<BTreeSet<String>> {
     Ok(text.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
 }
 
-/// Writes the ids of the passing tests, sorted, one a line.
+/// Writes the ids of the passing tests, sorted, one a line. Ids already in
+/// the file for tests this run did not cover (other suites, `--filter`) are
+/// kept, so a partial run never shrinks the list.
 pub fn write_list(path: &Path, reports: &[TestReport]) -> Result<usize> {
-    let ids: BTreeSet<&str> = reports.iter().filter(|r| r.status == Status::Pass).map(|r| r.id.as_str()).collect();
+    let existing = if path.exists() { read_list(path)? } else { BTreeSet::new() };
+    let ran: BTreeSet<&str> = reports.iter().map(|r| r.id.as_str()).collect();
+    let mut ids: BTreeSet<&str> = reports.iter().filter(|r| r.status == Status::Pass).map(|r| r.id.as_str()).collect();
+    ids.extend(existing.iter().map(String::as_str).filter(|id| !ran.contains(id)));
     let mut text = String::new();
     for id in &ids {
         text.push_str(id);
@@ -132,6 +137,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "a :: y\nb :: x\n");
         assert_eq!(read_list(&path).unwrap().len(), 2);
+        // a partial run keeps what it did not run and drops what now fails
+        let partial = vec![rep("b :: x", Status::Fail("f".into())), rep("d", Status::Pass)];
+        assert_eq!(write_list(&path, &partial).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a :: y\nd\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
