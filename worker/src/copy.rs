@@ -19,6 +19,10 @@
 //! `_id` are skipped and counted as `documents_recopied`. A natural-order copy (capped
 //! collections) has no `_id` position and restarts from its beginning, like mongosync.
 //!
+//! `documents_copied` counts the range's documents known to be on the destination, whether
+//! this pass inserted them or found them there (a duplicate after the last durable position
+//! was never counted); `documents_recopied` counts the duplicates.
+//!
 //! A fenced checkpoint write stops the copy at once, without another write. Transient errors
 //! (network, elections, killed cursors) reopen the cursor from the last durable position with
 //! backoff; the backoff restarts whenever a pass made progress. A source collection that
@@ -26,6 +30,7 @@
 //! stream carries the drop or rename.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use backon::BackoffBuilder;
 use bson::{Bson, Document, RawDocumentBuf, doc};
@@ -126,11 +131,13 @@ pub async fn run_copy(ctx: &TaskContext, task: &CopyTask) -> Result<(), WorkerEr
         "copy starting"
     );
     let durable = Mutex::new(start);
+    // Batches acknowledged so far: a pass that moved it made progress, and the backoff restarts.
+    let acknowledged = AtomicU64::new(0);
     let mut use_hint = true;
     let mut delays = mongo::backoff(ctx.settings.retry_budget).build();
     loop {
-        let before = lock(&durable).documents_copied + lock(&durable).documents_recopied;
-        let outcome = copy_pass(ctx, task, &durable, &mut use_hint).await;
+        let before = acknowledged.load(Ordering::Relaxed);
+        let outcome = copy_pass(ctx, task, &durable, &acknowledged, &mut use_hint).await;
         match outcome {
             Ok(end) => {
                 if matches!(end, PassEnd::SourceGone) {
@@ -149,7 +156,7 @@ pub async fn run_copy(ctx: &TaskContext, task: &CopyTask) -> Result<(), WorkerEr
                 return Ok(());
             }
             Err(failure) if failure.transient => {
-                let after = lock(&durable).documents_copied + lock(&durable).documents_recopied;
+                let after = acknowledged.load(Ordering::Relaxed);
                 if after > before {
                     delays = mongo::backoff(ctx.settings.retry_budget).build();
                 }
@@ -238,10 +245,16 @@ async fn copy_pass(
     ctx: &TaskContext,
     task: &CopyTask,
     durable: &Mutex<CopyCheckpoint>,
+    acknowledged: &AtomicU64,
     use_hint: &mut bool,
 ) -> Result<PassEnd, PassFailure> {
     ctx.check_cancelled().map_err(PassFailure::of)?;
     let filter = if task.natural_order {
+        // The pass reads the whole collection again: it counts every document again.
+        let mut state = lock(durable);
+        state.documents_copied = 0;
+        state.bytes_copied = 0;
+        drop(state);
         partition::range_filter(&task.range)
     } else {
         let after = lock(durable).last_id.clone();
@@ -253,7 +266,7 @@ async fn copy_pass(
     };
     let (sender, receiver) = mpsc::channel::<Batch>(1);
     let reader = read_batches(cursor, sender, &ctx.settings, &task.ns);
-    let inserter = insert_batches(ctx, task, receiver, durable);
+    let inserter = insert_batches(ctx, task, receiver, durable, acknowledged);
     // Whichever side fails first ends the pass; the other is dropped with it (an insert in
     // flight may still land: the next pass re-inserts it and skips the duplicates).
     match futures::future::try_join(reader, inserter).await {
@@ -344,20 +357,24 @@ async fn insert_batches(
     task: &CopyTask,
     mut receiver: mpsc::Receiver<Batch>,
     durable: &Mutex<CopyCheckpoint>,
+    acknowledged: &AtomicU64,
 ) -> Result<(), PassOrRead> {
     let collection: Collection<RawDocumentBuf> = ctx.clusters.destination_db(&task.ns.db).collection(&task.ns.coll);
     while let Some(batch) = receiver.recv().await {
         ctx.check_cancelled().map_err(|e| PassOrRead::Pass(PassFailure::of(e)))?;
-        let (inserted, duplicates, inserted_bytes) =
-            insert_batch(&collection, &task.ns, &batch).await.map_err(PassOrRead::Pass)?;
+        let duplicates = insert_batch(&collection, &task.ns, &batch).await.map_err(PassOrRead::Pass)?;
+        let documents = batch.documents.len() as u64;
         let checkpoint = {
             let mut state = lock(durable);
             if !task.natural_order {
                 state.last_id = batch.last_id.clone().map(ExtBson);
             }
-            state.documents_copied += inserted;
+            // A duplicate is a document of this range already on the destination that no
+            // durable checkpoint counted yet (it is after the last durable `_id`, or a natural
+            // pass counts from zero): it is copied, and also counted as re-copied.
+            state.documents_copied += documents;
+            state.bytes_copied += batch.bytes;
             state.documents_recopied += duplicates;
-            state.bytes_copied += inserted_bytes;
             state.clone()
         };
         // Fenced: stop without writing anything more. A store error is transient: the pass
@@ -366,7 +383,8 @@ async fn insert_batches(
             .save(TaskStatus::Running, CheckpointDetail::Copy(checkpoint))
             .await
             .map_err(|e| PassOrRead::Pass(PassFailure::of(e)))?;
-        ctx.counters.add(inserted, inserted_bytes);
+        acknowledged.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.add(documents, batch.bytes);
         if duplicates > 0 {
             tracing::debug!(task = %ctx.task, namespace = %task.ns, duplicates, "skipped documents already on the destination");
         }
@@ -374,16 +392,15 @@ async fn insert_batches(
     Ok(())
 }
 
-/// Inserts one batch; returns (inserted, duplicates skipped, inserted bytes).
+/// Inserts one batch; returns how many documents were already on the destination.
 async fn insert_batch(
     collection: &Collection<RawDocumentBuf>,
     ns: &Namespace,
     batch: &Batch,
-) -> Result<(u64, u64, u64), PassFailure> {
-    let total = batch.documents.len() as u64;
+) -> Result<u64, PassFailure> {
     let result = collection.insert_many(&batch.documents).ordered(false).write_concern(w_majority()).await;
     let error = match result {
-        Ok(_) => return Ok((total, 0, batch.bytes)),
+        Ok(_) => return Ok(0),
         Err(error) => error,
     };
     let ErrorKind::InsertMany(failure) = error.kind.as_ref() else {
@@ -400,11 +417,9 @@ async fn insert_batch(
         });
     }
     let mut duplicates = 0u64;
-    let mut duplicate_bytes = 0u64;
     for write_error in failure.write_errors.iter().flatten() {
         if is_duplicate_id(write_error) {
             duplicates += 1;
-            duplicate_bytes += batch.documents.get(write_error.index).map_or(0, |d| d.as_bytes().len() as u64);
             continue;
         }
         let id = batch
@@ -422,7 +437,7 @@ async fn insert_batch(
             PassFailure { error: WorkerError::fatal("CopyWriteFailed", description), transient: false }
         });
     }
-    Ok((total - duplicates, duplicates, batch.bytes - duplicate_bytes))
+    Ok(duplicates)
 }
 
 /// Copies a whole source collection again with replacement upserts by `_id` (after a rename
@@ -492,7 +507,8 @@ async fn recopy_pass(
         let next = match cursor.try_next().await {
             Ok(next) => next,
             Err(e) => {
-                return read_failure(clusters, ns, WorkerError::mongo(format!("reading {ns} from the source"), e)).await;
+                return read_failure(clusters, ns, WorkerError::mongo(format!("reading {ns} from the source"), e))
+                    .await;
             }
         };
         let flush = match &next {
