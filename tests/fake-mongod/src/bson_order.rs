@@ -178,6 +178,17 @@ pub fn with_collation<T>(collation: Option<&Document>, f: impl FnOnce() -> T) ->
     out
 }
 
+/// Runs `f` with exactly this collation: case-insensitive for strength 1 or 2, simple otherwise.
+pub fn with_statement_collation<T>(collation: Option<&Document>, f: impl FnOnce() -> T) -> T {
+    let ci = collation.is_some_and(|c| {
+        c.get_str("locale").is_ok_and(|l| l != "simple") && c.get("strength").and_then(as_i64).is_some_and(|s| s <= 2)
+    });
+    let prev = CASE_INSENSITIVE.with(|c| c.replace(ci));
+    let out = f();
+    CASE_INSENSITIVE.with(|c| c.set(prev));
+    out
+}
+
 fn cmp_strings(x: &str, y: &str) -> Ordering {
     if CASE_INSENSITIVE.with(|c| c.get()) {
         x.to_lowercase().cmp(&y.to_lowercase())

@@ -368,6 +368,12 @@ fn images_enabled(c: &Collection) -> bool {
 /// Inserts one document through a scope (implicit create, validation, oplog op).
 pub fn insert_one(sc: &mut Scope, db: &str, coll: &str, doc: RawDocumentBuf, bypass: bool) -> Result<Bson> {
     let doc = ensure_id(doc)?;
+    if doc.as_bytes().len() > 16 * 1024 * 1024 {
+        return Err(Error::new(
+            10334,
+            format!("object to insert too large. size in bytes: {}, max size: 16777216", doc.as_bytes().len()),
+        ));
+    }
     let ns = format!("{db}.{coll}");
     let c = sc.coll_for_write(db, coll)?;
     if c.options.contains_key("validator") && !bypass {
@@ -607,22 +613,30 @@ pub fn update(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
                         vars.0.insert(k.clone(), v.clone());
                     }
                 }
-                update_one_stmt(
-                    sc,
-                    &db,
-                    &coll,
-                    &UpdateSpec {
-                        q,
-                        u: &u,
-                        multi: stmt.get_bool("multi").unwrap_or(false),
-                        upsert: stmt.get_bool("upsert").unwrap_or(false),
-                        af: &af,
-                        hint: stmt.get("hint"),
-                        sort: stmt.get_document("sort").ok(),
-                        bypass,
-                        vars: &vars,
-                    },
-                )
+                let collation = stmt.get_document("collation").ok();
+                let run = |sc: &mut Scope| {
+                    update_one_stmt(
+                        sc,
+                        &db,
+                        &coll,
+                        &UpdateSpec {
+                            q,
+                            u: &u,
+                            multi: stmt.get_bool("multi").unwrap_or(false),
+                            upsert: stmt.get_bool("upsert").unwrap_or(false),
+                            af: &af,
+                            hint: stmt.get("hint"),
+                            sort: stmt.get_document("sort").ok(),
+                            bypass,
+                            vars: &vars,
+                        },
+                    )
+                };
+                if collation.is_some() {
+                    crate::bson_order::with_statement_collation(collation, || run(sc))
+                } else {
+                    run(sc)
+                }
             })();
             match r {
                 Ok(r) => {
@@ -746,7 +760,14 @@ pub fn delete(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
                         format!("The limit field in delete objects must be 0 or 1. Got {limit}"),
                     ));
                 }
-                Ok(delete_stmt(sc, &db, &coll, q, limit == 1, stmt.get("hint"), None, &vars)?.len())
+                let collation = stmt.get_document("collation").ok();
+                let run = |sc: &mut Scope| delete_stmt(sc, &db, &coll, q, limit == 1, stmt.get("hint"), None, &vars);
+                let removed = if collation.is_some() {
+                    crate::bson_order::with_statement_collation(collation, || run(sc))?
+                } else {
+                    run(sc)?
+                };
+                Ok(removed.len())
             })();
             match r {
                 Ok(k) => n += k as i64,
