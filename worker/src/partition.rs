@@ -133,9 +133,8 @@ pub(crate) fn as_i64(value: Option<&Bson>) -> Option<i64> {
 /// Size statistics of a source collection.
 ///
 /// Uses `$collStats: {storageStats: {}}` (one result per shard on a sharded cluster, summed).
-/// When that fails for a reason other than a missing namespace (a view, a server without the
-/// stage), falls back to `count` and the average size of a few documents. A missing collection
-/// has empty statistics.
+/// When that fails (a view, a server without the stage), falls back to `count` and the average
+/// size of a few documents. A missing collection has empty statistics.
 pub async fn collection_stats(clusters: &Clusters, ns: &Namespace) -> Result<CollectionStats, WorkerError> {
     let cancel = CancellationToken::new();
     let collection = clusters.source_db(&ns.db).collection::<Document>(&ns.coll);
@@ -157,8 +156,10 @@ pub async fn collection_stats(clusters: &Clusters, ns: &Namespace) -> Result<Col
     .await;
     match attempt {
         Ok(per_shard) => Ok(stats_from_coll_stats(&per_shard)),
-        Err(e) if e.code() == Some(NAMESPACE_NOT_FOUND) => Ok(CollectionStats::default()),
         Err(e) if e.is_retryable() => Err(e),
+        // Views and missing collections land here too (`NamespaceNotFound` or
+        // `CommandNotSupportedOnView`): `count` runs a view's pipeline and is 0 for a missing
+        // collection.
         Err(e) => {
             tracing::debug!(namespace = %ns, error = %e, "storage statistics unavailable, counting instead");
             stats_from_count(clusters, ns, &cancel).await
