@@ -12,6 +12,13 @@
 //! - [`cdc`]: change streams — spool during the copy, apply in parallel by document, DDL barriers.
 //! - [`runtime`]: the worker process loop — claim tasks, run them, settle their claims.
 //! - [`bson_order`]: MongoDB's order of BSON values and the `_id` type brackets.
+//! - [`partition`]: collection statistics and the `_id` ranges a collection is copied in,
+//!   type bracket by type bracket.
+//! - [`schema`]: destination collections and indexes — relaxed during the sync, restored at
+//!   commit — the change-stream DDL appliers, and write blocking.
+//! - [`copy`]: the copy executor (raw, batched, checkpointed, resumable) and whole-collection
+//!   re-copies.
+//! - [`verify`]: constant-memory range verification and index/option verification.
 
 pub mod bson_order;
 pub mod cdc;
