@@ -263,3 +263,25 @@ async fn ddl_and_listings() {
     db.drop().await.unwrap();
     assert!(!c.list_database_names().await.unwrap().contains(&"ddl".to_string()));
 }
+
+#[tokio::test]
+async fn db_hash_is_order_sensitive_and_deterministic() {
+    let s1 = common::server();
+    let s2 = common::server();
+    let a = common::client(&s1).await;
+    let b = common::client(&s2).await;
+    for c in [&a, &b] {
+        c.database("h")
+            .collection::<Document>("x")
+            .insert_many(vec![doc! {"_id": 2, "v": 1}, doc! {"_id": 1, "v": 2}])
+            .await
+            .unwrap();
+    }
+    let ha = a.database("h").run_command(doc! {"dbHash": 1}).await.unwrap();
+    let hb = b.database("h").run_command(doc! {"dbHash": 1}).await.unwrap();
+    assert_eq!(ha.get_document("collections").unwrap(), hb.get_document("collections").unwrap());
+    assert_eq!(ha.get_str("md5").unwrap().len(), 32);
+    b.database("h").collection::<Document>("x").update_one(doc! {"_id": 1}, doc! {"$set": {"v": 3}}).await.unwrap();
+    let hb = b.database("h").run_command(doc! {"dbHash": 1, "collections": ["x"]}).await.unwrap();
+    assert_ne!(ha.get_document("collections").unwrap(), hb.get_document("collections").unwrap());
+}

@@ -333,6 +333,61 @@ pub fn coll_stats_cmd(ctx: &Ctx, st: &State) -> Result<Reply> {
     Ok(Reply::Doc(d))
 }
 
+/// 128-bit FNV-1a over byte slices, printed as 32 hex digits (stands in for MD5 in `dbHash`).
+fn fnv128<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for p in parts {
+        for b in p {
+            h ^= *b as u128;
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    format!("{h:032x}")
+}
+
+/// `dbHash`: a hash per collection over its documents in `_id` order (FNV-1a 128, not MD5).
+pub fn db_hash(ctx: &Ctx, st: &State) -> Result<Reply> {
+    let started = std::time::Instant::now();
+    let wanted: Option<Vec<String>> = ctx
+        .cmd
+        .get_array("collections")
+        .ok()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect());
+    let mut hashes = Document::new();
+    let mut uuids = Document::new();
+    let mut capped = Vec::new();
+    let mut all = Vec::new();
+    if let Some(db) = st.catalog.dbs.get(&ctx.db) {
+        for (name, c) in &db.colls {
+            if c.view.is_some() || name.starts_with("system.") || wanted.as_ref().is_some_and(|w| !w.contains(name)) {
+                continue;
+            }
+            let h = if c.id_indexed() {
+                fnv128(c.ids.values().filter_map(|rid| c.records.get(rid)).map(|d| d.as_bytes()))
+            } else {
+                fnv128(c.records.values().map(|d| d.as_bytes()))
+            };
+            if c.capped() {
+                capped.push(Bson::String(name.clone()));
+            }
+            all.push(h.clone());
+            hashes.insert(name.clone(), h);
+            uuids.insert(name.clone(), c.uuid);
+        }
+    }
+    let md5 = fnv128(all.iter().map(|s| s.as_bytes()));
+    Ok(Reply::Doc(doc! {
+        "host": ctx.shared.host_port(),
+        "collections": hashes,
+        "capped": capped,
+        "uuids": uuids,
+        "md5": md5,
+        "timeMillis": started.elapsed().as_millis() as i64,
+        "fromCache": [],
+    }))
+}
+
 /// `dbStats`.
 pub fn db_stats(ctx: &Ctx, st: &State) -> Result<Reply> {
     let scale = ctx.cmd.get("scale").and_then(crate::bson_order::as_i64).unwrap_or(1).max(1);

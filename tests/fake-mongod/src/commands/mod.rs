@@ -765,6 +765,7 @@ fn run_sync(ctx: &mut Ctx, st: &mut State, name: &str) -> Result<Reply> {
             Err(Error::new(18, "Authentication failed: this server has no users"))
         }
         "dbStats" => admin::db_stats(ctx, st),
+        "dbHash" | "dbhash" => admin::db_hash(ctx, st),
         "collStats" => admin::coll_stats_cmd(ctx, st),
         "validate" => Ok(Reply::Doc(doc! {"valid": true, "ns": ctx.ns(&ctx.target()?), "errors": [], "warnings": []})),
         "explain" => cursor::explain(ctx, st),
