@@ -17,6 +17,9 @@
 //! falls in the range of the largest bound `<= x`, so a bad bound can only make two ranges
 //! overlap (duplicates are skipped on insert), never lose a document.
 //!
+//! A collection with a default collation orders strings by it: string and object brackets are
+//! then not split (byte-order bounds would overlap), the others are.
+//!
 //! # NaN
 //!
 //! A NaN `_id` matches no comparison but equality (`{$lt: 5}` does not match it), although it
@@ -271,6 +274,7 @@ pub async fn plan_ranges_estimated(
     }
     let partitions = stats.bytes.div_ceil(settings.partition_bytes.max(1)).clamp(2, MAX_PARTITIONS);
     let cancel = CancellationToken::new();
+    let collated = has_collation(clusters, ns).await?;
 
     let mut present = Vec::new();
     for bracket in IdBracket::TYPED {
@@ -294,7 +298,7 @@ pub async fn plan_ranges_estimated(
             Vec::new()
         }
     };
-    let planned = ranges_from_sample(&present, sample, partitions, stats);
+    let planned = ranges_from_sample(&present, sample, partitions, stats, collated);
     tracing::info!(
         namespace = %ns,
         ranges = planned.len(),
@@ -362,19 +366,26 @@ async fn sample_ids(
     .await
 }
 
+/// Whether the source collection has a default collation other than `simple`: the server then
+/// orders strings (and objects holding strings) by the collation, not by bytes.
+async fn has_collation(clusters: &Clusters, ns: &Namespace) -> Result<bool, WorkerError> {
+    let Some(spec) = crate::schema::list_collection_spec(&clusters.source, ns).await? else {
+        return Ok(false);
+    };
+    let collation = spec.get_document("options").ok().and_then(|options| options.get_document("collation").ok());
+    Ok(collation.is_some_and(|collation| collation.get_str("locale").is_ok_and(|locale| locale != "simple")))
+}
+
 /// Brackets whose values can be meaningfully split by bounds. The others hold one or two
-/// values (MinKey, null, bool, MaxKey) or cannot be `_id`s (regex).
-fn splittable(bracket: IdBracket) -> bool {
-    matches!(
-        bracket,
-        IdBracket::Number
-            | IdBracket::String
-            | IdBracket::Object
-            | IdBracket::BinData
-            | IdBracket::ObjectId
-            | IdBracket::Date
-            | IdBracket::Timestamp
-    )
+/// values (MinKey, null, bool, MaxKey) or cannot be `_id`s (regex). Under a collation, string
+/// and object bounds picked in byte order would be out of the server's order (still complete,
+/// but overlapping): those brackets stay whole.
+fn splittable(bracket: IdBracket, collated: bool) -> bool {
+    match bracket {
+        IdBracket::Number | IdBracket::BinData | IdBracket::ObjectId | IdBracket::Date | IdBracket::Timestamp => true,
+        IdBracket::String | IdBracket::Object => !collated,
+        _ => false,
+    }
 }
 
 /// Turns the present brackets and a sample into ranges (pure, for tests).
@@ -383,6 +394,7 @@ fn ranges_from_sample(
     sample: Vec<Bson>,
     partitions: u64,
     stats: &CollectionStats,
+    collated: bool,
 ) -> Vec<PlannedRange> {
     let total_sampled = sample.len() as u64;
     let mut by_bracket: Vec<(IdBracket, Vec<Bson>)> = Vec::new();
@@ -418,7 +430,7 @@ fn ranges_from_sample(
         let mut ids =
             by_bracket.iter_mut().find(|(b, _)| *b == bracket).map(|(_, ids)| std::mem::take(ids)).unwrap_or_default();
         let share = if total_sampled == 0 { 0 } else { (partitions * ids.len() as u64).div_ceil(total_sampled) };
-        let bounds = if splittable(bracket) && share > 1 {
+        let bounds = if splittable(bracket, collated) && share > 1 {
             ids.sort_by(bson_order::compare);
             quantile_bounds(&ids, share as usize)
         } else {
@@ -639,8 +651,13 @@ mod tests {
         let mut sample: Vec<Bson> = (0..80).map(|i| Bson::Int32(i * 10)).collect();
         sample.extend((0..20).map(|i| Bson::String(format!("k{i:03}"))));
         sample.push(Bson::JavaScriptCode("ignored".into()));
-        let planned =
-            ranges_from_sample(&[IdBracket::Number, IdBracket::String, IdBracket::Null], sample, 10, &stats(1000, 100));
+        let planned = ranges_from_sample(
+            &[IdBracket::Number, IdBracket::String, IdBracket::Null],
+            sample,
+            10,
+            &stats(1000, 100),
+            false,
+        );
         let ranges: Vec<&IdRange> = planned.iter().map(|p| &p.range).collect();
         let numbers = ranges.iter().filter(|r| r.bracket == IdBracket::Number).count();
         let strings = ranges.iter().filter(|r| r.bracket == IdBracket::String).count();
@@ -670,8 +687,13 @@ mod tests {
         let mut sample = vec![Bson::Double(f64::NAN)];
         sample.extend((0..50).map(|i| Bson::Double(i as f64)));
         sample.extend((0..50).map(|_| Bson::Boolean(true)));
-        let planned =
-            ranges_from_sample(&[IdBracket::ObjectId, IdBracket::Bool, IdBracket::Number], sample, 6, &stats(10, 10));
+        let planned = ranges_from_sample(
+            &[IdBracket::ObjectId, IdBracket::Bool, IdBracket::Number],
+            sample,
+            6,
+            &stats(10, 10),
+            false,
+        );
         for p in &planned {
             for bound in [&p.range.lower, &p.range.upper].into_iter().flatten() {
                 assert!(!bson_order::is_nan(&bound.0), "{:?}", p.range);
@@ -683,9 +705,20 @@ mod tests {
         assert!(count(IdBracket::Number) >= 2);
         assert_eq!(count(IdBracket::Other), 1);
         // No sample at all: one range per present bracket plus the residual.
-        let planned = ranges_from_sample(&[IdBracket::ObjectId, IdBracket::String], Vec::new(), 6, &stats(10, 10));
+        let planned =
+            ranges_from_sample(&[IdBracket::ObjectId, IdBracket::String], Vec::new(), 6, &stats(10, 10), false);
         let brackets: Vec<IdBracket> = planned.iter().map(|p| p.range.bracket).collect();
         assert_eq!(brackets, vec![IdBracket::String, IdBracket::ObjectId, IdBracket::Other]);
+    }
+
+    #[test]
+    fn under_a_collation_strings_and_objects_stay_whole() {
+        let mut sample: Vec<Bson> = (0..50).map(|i| Bson::Int32(i)).collect();
+        sample.extend((0..50).map(|i| Bson::String(format!("k{i:03}"))));
+        let planned = ranges_from_sample(&[IdBracket::Number, IdBracket::String], sample, 8, &stats(1000, 100), true);
+        let count = |bracket| planned.iter().filter(|p| p.range.bracket == bracket).count();
+        assert_eq!(count(IdBracket::String), 1);
+        assert!(count(IdBracket::Number) > 1);
     }
 
     #[test]
