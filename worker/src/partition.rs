@@ -713,7 +713,7 @@ mod tests {
 
     #[test]
     fn under_a_collation_strings_and_objects_stay_whole() {
-        let mut sample: Vec<Bson> = (0..50).map(|i| Bson::Int32(i)).collect();
+        let mut sample: Vec<Bson> = (0..50).map(Bson::Int32).collect();
         sample.extend((0..50).map(|i| Bson::String(format!("k{i:03}"))));
         let planned = ranges_from_sample(&[IdBracket::Number, IdBracket::String], sample, 8, &stats(1000, 100), true);
         let count = |bracket| planned.iter().filter(|p| p.range.bracket == bracket).count();
