@@ -457,6 +457,9 @@ mod tests {
         assert_eq!(compare(&dec("-2"), &Bson::Int32(-1)), Ordering::Less);
         assert_eq!(compare(&dec("12345678901234567890123456789012E+100"), &Bson::Double(1e300)), Ordering::Less);
         assert_eq!(compare(&Bson::Double(f64::NAN), &Bson::Double(f64::NEG_INFINITY)), Ordering::Less);
+        // The largest coefficient (34 nines) is canonical, not read as zero.
+        assert_eq!(compare(&dec("9999999999999999999999999999999999"), &dec("1E+33")), Ordering::Greater);
+        assert_eq!(compare(&dec("-9999999999999999999999999999999999"), &Bson::Int32(0)), Ordering::Less);
     }
 
     #[test]

@@ -268,8 +268,14 @@ async fn copy_pass(
     let reader = read_batches(cursor, sender, &ctx.settings, &task.ns);
     let inserter = insert_batches(ctx, task, receiver, durable, acknowledged);
     // Whichever side fails first ends the pass; the other is dropped with it (an insert in
-    // flight may still land: the next pass re-inserts it and skips the duplicates).
-    match futures::future::try_join(reader, inserter).await {
+    // flight may still land: the next pass re-inserts it and skips the duplicates). A
+    // cancellation (pause, lease about to expire) does not wait for a slow cursor or insert:
+    // stopping anywhere is safe, the checkpoint only ever names acknowledged batches.
+    let joined = tokio::select! {
+        joined = futures::future::try_join(reader, inserter) => joined,
+        _ = ctx.cancel.cancelled() => return Err(PassFailure::of(WorkerError::Cancelled)),
+    };
+    match joined {
         Ok(_) => Ok(PassEnd::Finished),
         Err(PassOrRead::Pass(failure)) => Err(failure),
         Err(PassOrRead::Read(error)) => read_failure(&ctx.clusters, &task.ns, error).await,
