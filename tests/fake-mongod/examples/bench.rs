@@ -11,7 +11,8 @@ use mongodb::Client;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let server = fake_mongod::FakeMongod::start_default()?;
+    let server =
+        fake_mongod::FakeMongod::start(fake_mongod::ServerOptions { oplog_size_mb: 1024, ..Default::default() })?;
     let client = Client::with_uri_str(server.uri()).await?;
     let coll = client.database("bench").collection::<Document>("docs");
     let pad = "x".repeat(900);
@@ -22,6 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect()
         })
         .collect();
+    let stream_start = client.database("admin").run_command(doc! {"ping": 1}).await?.get_timestamp("operationTime")?;
     let start = Instant::now();
     for batch in batches {
         coll.insert_many(batch).await?;
@@ -48,6 +50,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         docs.len(),
         docs.len() as f64 / secs
     );
+    let start = Instant::now();
+    let mut stream = coll.watch().start_at_operation_time(stream_start).await?.with_type::<bson::RawDocumentBuf>();
+    let mut events = 0usize;
+    while events < inserted {
+        if stream.next_if_any().await?.is_some() {
+            events += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("change stream: {events} insert events in {secs:.2}s = {:.0} events/s", events as f64 / secs);
     server.shutdown();
     Ok(())
 }
