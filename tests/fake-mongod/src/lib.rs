@@ -18,6 +18,7 @@
 //! - [`snapshot`]: point-in-time collection views for snapshot reads.
 //! - [`failpoint`]: `configureFailPoint` (`failCommand`, `failGetMoreAfterCursorCheckout`).
 //! - [`commands`]: dispatch by command name (admin, DDL, CRUD, cursors, transactions).
+//! - [`ttl`]: the TTL monitor (expired documents become replicated deletes).
 //! - [`server`]: listener, connections, fault controls and the [`FakeMongod`] handle.
 //! - [`error`]: errors with MongoDB codes, code names and labels.
 
@@ -34,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod snapshot;
 pub mod storage;
+pub mod ttl;
 pub mod update;
 pub mod wire;
 

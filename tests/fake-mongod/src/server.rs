@@ -81,6 +81,10 @@ pub struct State {
     /// Until then, awaitable hellos answer at once (after a state-change error, so drivers
     /// that marked the server Unknown rediscover it without waiting for `maxAwaitTimeMS`).
     pub fast_hello_until: Option<Instant>,
+    /// TTL monitor interval (`setParameter: {ttlMonitorSleepSecs}`; 60 s like mongod).
+    pub ttl_interval: Duration,
+    /// Last TTL pass.
+    pub last_ttl: Instant,
 }
 
 impl State {
@@ -146,6 +150,8 @@ impl Shared {
                 term: 1,
                 last_write: Instant::now(),
                 fast_hello_until: None,
+                ttl_interval: Duration::from_secs(60),
+                last_ttl: Instant::now(),
             }),
             oplog_notify: Notify::new(),
             topology_tx,
@@ -296,8 +302,28 @@ async fn noop_writer(shared: Arc<Shared>) {
 /// Removes cursors idle for 10 minutes and aborts transactions idle for 60 seconds
 /// (`transactionLifetimeLimitSeconds`), like mongod's reapers.
 async fn reaper(shared: Arc<Shared>) {
+    let mut ticks: u64 = 0;
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ticks += 1;
+        let ttl_due = {
+            let st = shared.state.lock();
+            st.last_ttl.elapsed() >= st.ttl_interval
+        };
+        if ttl_due {
+            let removed = {
+                let mut st = shared.state.lock();
+                st.last_ttl = Instant::now();
+                crate::ttl::run_pass(&mut st)
+            };
+            if removed > 0 {
+                tracing::debug!(removed, "ttl monitor removed expired documents");
+                shared.notify_oplog();
+            }
+        }
+        if ticks % 10 != 0 {
+            continue;
+        }
         let mut st = shared.state.lock();
         let before = st.cursors.len();
         st.cursors.retain(|_, c| c.no_timeout || c.last_used.elapsed() < Duration::from_secs(600));

@@ -285,3 +285,44 @@ async fn db_hash_is_order_sensitive_and_deterministic() {
     let hb = b.database("h").run_command(doc! {"dbHash": 1, "collections": ["x"]}).await.unwrap();
     assert_ne!(ha.get_document("collections").unwrap(), hb.get_document("collections").unwrap());
 }
+
+#[tokio::test]
+async fn ttl_indexes_expire_documents_as_replicated_deletes() {
+    let s = common::server();
+    let c = common::client(&s).await;
+    c.database("admin").run_command(doc! {"setParameter": 1, "ttlMonitorSleepSecs": 1}).await.unwrap();
+    let coll = c.database("ttl").collection::<Document>("c");
+    coll.create_index(
+        IndexModel::builder()
+            .keys(doc! {"at": 1})
+            .options(IndexOptions::builder().expire_after(std::time::Duration::from_secs(60)).build())
+            .build(),
+    )
+    .await
+    .unwrap();
+    let old = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+    let mut cs = coll.watch().await.unwrap();
+    coll.insert_many(vec![doc! {"_id": 1, "at": old}, doc! {"_id": 2, "at": bson::DateTime::now()}, doc! {"_id": 3}])
+        .await
+        .unwrap();
+    let mut left = 3;
+    for _ in 0..50 {
+        left = coll.count_documents(doc! {}).await.unwrap();
+        if left == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 2);
+    assert!(coll.find_one(doc! {"_id": 1}).await.unwrap().is_none());
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(5), futures::StreamExt::next(&mut cs))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        kinds.push(e.operation_type);
+    }
+    assert_eq!(kinds.last(), Some(&mongodb::change_stream::event::OperationType::Delete));
+}

@@ -694,7 +694,14 @@ fn run_sync(ctx: &mut Ctx, st: &mut State, name: &str) -> Result<Reply> {
         "ping" => Ok(Reply::Doc(doc! {})),
         "buildInfo" | "buildinfo" => Ok(Reply::Doc(admin::build_info())),
         "getParameter" => admin::get_parameter(ctx),
-        "setParameter" => Ok(Reply::Doc(doc! {"was": Bson::Null})),
+        "setParameter" => {
+            if let Some(secs) = ctx.cmd.get("ttlMonitorSleepSecs").and_then(crate::bson_order::as_f64) {
+                let was = st.ttl_interval.as_secs_f64();
+                st.ttl_interval = Duration::from_secs_f64(secs.max(0.1));
+                return Ok(Reply::Doc(doc! {"was": was}));
+            }
+            Ok(Reply::Doc(doc! {"was": Bson::Null}))
+        }
         "serverStatus" => admin::server_status(ctx, st),
         "hostInfo" => Ok(Reply::Doc(admin::host_info())),
         "replSetGetStatus" => admin::repl_set_get_status(ctx, st),
