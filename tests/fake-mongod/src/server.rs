@@ -321,7 +321,7 @@ async fn reaper(shared: Arc<Shared>) {
                 shared.notify_oplog();
             }
         }
-        if ticks % 10 != 0 {
+        if !ticks.is_multiple_of(10) {
             continue;
         }
         let mut st = shared.state.lock();
