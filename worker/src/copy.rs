@@ -23,6 +23,10 @@
 //! this pass inserted them or found them there (a duplicate after the last durable position
 //! was never counted); `documents_recopied` counts the duplicates.
 //!
+//! A destination that does not reject duplicate `_id`s (a time-series collection) cannot skip
+//! them: there every pass first deletes, on the destination, what its filter is about to copy
+//! (what an interrupted attempt left past the durable position), so resuming stays exact.
+//!
 //! A fenced checkpoint write stops the copy at once, without another write. Transient errors
 //! (network, elections, killed cursors) reopen the cursor from the last durable position with
 //! backoff; the backoff restarts whenever a pass made progress. A source collection that
@@ -130,6 +134,11 @@ pub async fn run_copy(ctx: &TaskContext, task: &CopyTask) -> Result<(), WorkerEr
         resume_after = ?start.last_id.as_ref().map(|id| id.0.to_string()),
         "copy starting"
     );
+    let exact = mongo::retry("checking the destination's _id index", &ctx.cancel, ctx.settings.retry_budget, || {
+        destination_rejects_duplicate_ids(&ctx.clusters, &task.ns)
+    })
+    .await
+    .map(|rejects| !rejects)?;
     let durable = Mutex::new(start);
     // Batches acknowledged so far: a pass that moved it made progress, and the backoff restarts.
     let acknowledged = AtomicU64::new(0);
@@ -137,7 +146,7 @@ pub async fn run_copy(ctx: &TaskContext, task: &CopyTask) -> Result<(), WorkerEr
     let mut delays = mongo::backoff(ctx.settings.retry_budget).build();
     loop {
         let before = acknowledged.load(Ordering::Relaxed);
-        let outcome = copy_pass(ctx, task, &durable, &acknowledged, &mut use_hint).await;
+        let outcome = copy_pass(ctx, task, &durable, &acknowledged, exact, &mut use_hint).await;
         match outcome {
             Ok(end) => {
                 if matches!(end, PassEnd::SourceGone) {
@@ -222,6 +231,27 @@ async fn open_cursor(
     }
 }
 
+/// Whether inserting a document whose `_id` is already on the destination fails (an `_id` index
+/// or a clustered collection). Time-series collections have neither: a copy into one must not
+/// rely on duplicate-key errors to skip what an earlier attempt inserted. A missing collection
+/// is created by the first insert with an `_id` index.
+async fn destination_rejects_duplicate_ids(clusters: &Clusters, ns: &Namespace) -> Result<bool, WorkerError> {
+    let Some(spec) = crate::schema::list_collection_spec(&clusters.destination, ns).await? else {
+        return Ok(true);
+    };
+    if spec.get_str("type").is_ok_and(|kind| kind == "timeseries") {
+        return Ok(false);
+    }
+    let indexes = crate::schema::list_index_specs(&clusters.destination, ns).await?.unwrap_or_default();
+    Ok(indexes.iter().any(|index| {
+        let on_id = index.get_document("key").is_ok_and(|key| key.len() == 1 && key.contains_key("_id"));
+        let unique = index.get_str("name").is_ok_and(|name| name == "_id_")
+            || matches!(index.get("unique"), Some(Bson::Boolean(true)))
+            || matches!(index.get("clustered"), Some(Bson::Boolean(true)));
+        on_id && unique
+    }))
+}
+
 /// Whether the source collection exists (after a cursor died with a namespace error).
 async fn source_exists(clusters: &Clusters, ns: &Namespace) -> Result<bool, WorkerError> {
     Ok(crate::schema::list_collection_spec(&clusters.source, ns).await?.is_some())
@@ -246,6 +276,7 @@ async fn copy_pass(
     task: &CopyTask,
     durable: &Mutex<CopyCheckpoint>,
     acknowledged: &AtomicU64,
+    exact: bool,
     use_hint: &mut bool,
 ) -> Result<PassEnd, PassFailure> {
     ctx.check_cancelled().map_err(PassFailure::of)?;
@@ -260,6 +291,18 @@ async fn copy_pass(
         let after = lock(durable).last_id.clone();
         partition::range_filter_after(&task.range, after.as_ref().map(|id| &id.0))
     };
+    if exact {
+        // Nothing rejects a second copy of a document here (a time-series collection): remove
+        // whatever an earlier attempt left past the durable position before copying it again.
+        let destination: Collection<Document> = ctx.clusters.destination_db(&task.ns.db).collection(&task.ns.coll);
+        let removed = destination.delete_many(filter.clone()).write_concern(w_majority()).await.map_err(|e| {
+            PassFailure::of(WorkerError::mongo(format!("clearing the rest of the range on {}", task.ns), e))
+        })?;
+        if removed.deleted_count > 0 {
+            tracing::info!(task = %ctx.task, namespace = %task.ns, removed = removed.deleted_count, "removed documents of an interrupted attempt");
+            lock(durable).documents_recopied += removed.deleted_count;
+        }
+    }
     let cursor = match open_cursor(&ctx.clusters, &ctx.settings, &task.ns, filter, task.natural_order, use_hint).await {
         Ok(cursor) => cursor,
         Err(e) => return read_failure(&ctx.clusters, &task.ns, e).await,

@@ -316,3 +316,50 @@ async fn recopy_replaces_and_adds_documents_by_id() {
     copy::recopy_collection(&world.clusters, &ns, &cancel).await.expect("recopy again");
     assert_same_documents(&world, &ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_copy_into_a_time_series_collection_does_not_duplicate_measurements() {
+    let world = World::start().await;
+    world.reset("series").await;
+    let ns = Namespace::new("series", "m");
+    for client in [world.source(), world.destination()] {
+        client
+            .database("series")
+            .run_command(doc! {"create": "m", "timeseries": {"timeField": "t", "metaField": "sensor"}})
+            .await
+            .expect("create time series");
+    }
+    let start = 1_700_000_000_000_i64;
+    insert(
+        world.source(),
+        &ns,
+        (0..300).map(|i| doc! {"_id": i, "t": DateTime::from_millis(start + i), "sensor": i % 4, "v": i}).collect(),
+    )
+    .await;
+
+    let coordination = Coordination::new().await;
+    // Batch 3 lands without its checkpoint; the time-series collection would accept it twice.
+    coordination.store.on_checkpoint(Box::new(|n| if n == 3 { HookAction::FenceBefore } else { HookAction::Pass }));
+    let task = TaskId(11);
+    let first = coordination.context(&world, task, small_batches(50)).await;
+    let error = copy::run_copy(&first, &copy_task(&ns, IdRange::whole_collection(), false)).await.expect_err("fenced");
+    assert!(matches!(error, WorkerError::Fenced { .. }), "{error}");
+    let count = || async {
+        world
+            .destination()
+            .database("series")
+            .collection::<Document>("m")
+            .count_documents(doc! {})
+            .await
+            .expect("count")
+    };
+    assert_eq!(count().await, 150);
+
+    let second = coordination.context(&world, task, small_batches(50)).await;
+    copy::run_copy(&second, &copy_task(&ns, IdRange::whole_collection(), false)).await.expect("resumed copy");
+    assert_eq!(count().await, 300, "no measurement copied twice");
+    let detail = copy_checkpoint(&coordination.checkpoint(task).await.expect("checkpoint"));
+    assert_eq!(detail.documents_copied, 300);
+    assert_eq!(detail.documents_recopied, 50, "the unacknowledged batch was removed and copied again");
+    assert_same_documents(&world, &ns).await;
+}
