@@ -376,6 +376,7 @@ fn run_stage(st: &Document, docs: Vec<Document>, env: &Env) -> Result<Vec<Docume
             run_stage(&doc! {"$sort": {"count": -1}}, grouped, env)?
         }
         "$bucketAuto" => bucket_auto(docs, arg, vars)?,
+        "$bucket" => bucket(docs, arg, vars)?,
         "$lookup" => lookup(docs, arg, env)?,
         "$unionWith" => {
             let (coll, pipeline) = match arg {
@@ -413,7 +414,27 @@ fn run_stage(st: &Document, docs: Vec<Document>, env: &Env) -> Result<Vec<Docume
                 .ok_or_else(|| Error::new(5858203, "error during $documents: must evaluate to an array"))?;
             arr.iter().filter_map(|x| x.as_document().cloned()).collect()
         }
-        "$redact" => docs,
+        "$redact" => {
+            // top-level decision only: $$KEEP and $$DESCEND keep the document, $$PRUNE drops it
+            let mut v2 = vars.clone();
+            for k in ["KEEP", "PRUNE", "DESCEND"] {
+                v2.0.insert(k.to_string(), Bson::String(k.to_string()));
+            }
+            let mut out = Vec::new();
+            for d in docs {
+                match eval(arg, &Bson::Document(d.clone()), &v2)? {
+                    Bson::String(s) if s == "PRUNE" => {}
+                    Bson::String(s) if s == "KEEP" || s == "DESCEND" => out.push(d),
+                    _ => {
+                        return Err(Error::new(
+                            17053,
+                            "$redact's expression should not return anything aside from the variables $$KEEP, $$DESCEND, and $$PRUNE",
+                        ));
+                    }
+                }
+            }
+            out
+        }
         "$indexStats" | "$planCacheStats" => Vec::new(),
         "$listSearchIndexes" | "$search" | "$searchMeta" | "$vectorSearch" => {
             return Err(Error::new(31082, format!("{name} stage is only allowed on MongoDB Atlas")));
@@ -626,6 +647,70 @@ fn bucket_auto(docs: Vec<Document>, arg: &Bson, vars: &Vars) -> Result<Vec<Docum
     Ok(out)
 }
 
+fn bucket(docs: Vec<Document>, arg: &Bson, vars: &Vars) -> Result<Vec<Document>> {
+    let spec = arg.as_document().ok_or_else(|| Error::new(40201, "Argument to $bucket stage must be an object"))?;
+    let group_by = spec
+        .get("groupBy")
+        .cloned()
+        .ok_or_else(|| Error::new(40198, "$bucket requires 'groupBy' and 'boundaries' to be specified"))?;
+    let bounds = spec
+        .get_array("boundaries")
+        .map_err(|_| Error::new(40198, "$bucket requires 'groupBy' and 'boundaries' to be specified"))?
+        .clone();
+    if bounds.len() < 2 || bounds.windows(2).any(|w| compare(&w[0], &w[1]) != Ordering::Less) {
+        return Err(Error::new(
+            40194,
+            "The 'boundaries' option to $bucket must be sorted in ascending order and have at least 2 values",
+        ));
+    }
+    let default = spec.get("default").cloned();
+    let mut buckets: Vec<Vec<Document>> = vec![Vec::new(); bounds.len()];
+    for d in docs {
+        let v = eval(&group_by, &Bson::Document(d.clone()), vars)?;
+        let v = if matches!(v, Bson::Undefined) { Bson::Null } else { v };
+        match bounds
+            .windows(2)
+            .position(|w| compare(&v, &w[0]) != Ordering::Less && compare(&v, &w[1]) == Ordering::Less)
+        {
+            Some(i) => buckets[i].push(d),
+            None if default.is_some() => buckets[bounds.len() - 1].push(d),
+            None => {
+                return Err(Error::new(
+                    40066,
+                    "$switch could not find a matching branch for an input, and no default was specified.",
+                ));
+            }
+        }
+    }
+    let output = spec.get_document("output").ok().cloned();
+    let mut out = Vec::new();
+    for (i, docs) in buckets.into_iter().enumerate() {
+        if docs.is_empty() {
+            continue;
+        }
+        let id = if i == bounds.len() - 1 { default.clone().unwrap_or(Bson::Null) } else { bounds[i].clone() };
+        let mut d = doc! {"_id": id};
+        match &output {
+            None => {
+                d.insert("count", docs.len() as i32);
+            }
+            Some(o) => {
+                let mut gspec = o.clone();
+                gspec.insert("_id", Bson::Null);
+                if let Some(first) = group(docs, &Bson::Document(gspec), vars)?.into_iter().next() {
+                    for (k, v) in first {
+                        if k != "_id" {
+                            d.insert(k, v);
+                        }
+                    }
+                }
+            }
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
 fn lookup(docs: Vec<Document>, arg: &Bson, env: &Env) -> Result<Vec<Document>> {
     let spec = arg.as_document().ok_or_else(|| Error::new(9, "the $lookup specification must be an Object"))?;
     let (from_db, from) = match spec.get("from") {
@@ -690,6 +775,19 @@ fn lookup(docs: Vec<Document>, arg: &Bson, env: &Env) -> Result<Vec<Document>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_by_boundaries() {
+        let docs = vec![doc! {"p": 1}, doc! {"p": 5}, doc! {"p": 12}, doc! {"p": "x"}];
+        let env = Env { db: "db", source: &NoSource, vars: Vars::default() };
+        let out =
+            run(docs, &[doc! {"$bucket": {"groupBy": "$p", "boundaries": [0, 10, 20], "default": "other"}}], &env)
+                .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": 0, "count": 2}, doc! {"_id": 10, "count": 1}, doc! {"_id": "other", "count": 1}]
+        );
+    }
 
     #[test]
     fn group_and_sort() {
