@@ -671,11 +671,12 @@ fn apply_ops(
         let (op, p, arg, orig) = &work[i];
         let ps = path_str(p);
         let cur = get_at(&root, p).cloned();
+        let track = set_track(&root, p);
         match op.as_str() {
             "$set" | "$setOnInsert" => {
                 if cur.as_ref() != Some(arg) || cur.as_ref().map(type_alias) != Some(type_alias(arg)) {
                     set_at(&mut root, p, arg.clone())?;
-                    t.sets.push(p.clone());
+                    t.record_set(&track, p);
                 }
             }
             "$unset" => {
@@ -710,7 +711,7 @@ fn apply_ops(
                 };
                 if cur.as_ref() != Some(&newv) {
                     set_at(&mut root, p, newv)?;
-                    t.sets.push(p.clone());
+                    t.record_set(&track, p);
                 }
             }
             "$min" | "$max" => {
@@ -723,7 +724,7 @@ fn apply_ops(
                 };
                 if replace {
                     set_at(&mut root, p, arg.clone())?;
-                    t.sets.push(p.clone());
+                    t.record_set(&track, p);
                 }
             }
             "$currentDate" => {
@@ -735,7 +736,7 @@ fn apply_ops(
                     Bson::DateTime(bson::DateTime::now())
                 };
                 set_at(&mut root, p, v)?;
-                t.sets.push(p.clone());
+                t.record_set(&track, p);
             }
             "$bit" => {
                 let d = arg.as_document().ok_or_else(|| Error::bad_value("$bit needs an object"))?;
@@ -766,7 +767,7 @@ fn apply_ops(
                 let nv = if long { Bson::Int64(acc) } else { Bson::Int32(acc as i32) };
                 if cur.as_ref() != Some(&nv) {
                     set_at(&mut root, p, nv)?;
-                    t.sets.push(p.clone());
+                    t.record_set(&track, p);
                 }
             }
             "$rename" => {
@@ -777,7 +778,7 @@ fn apply_ops(
             "$renameTo" => {
                 if let Some(Some(v)) = rename_vals.get(orig) {
                     set_at(&mut root, p, v.clone())?;
-                    t.sets.push(p.clone());
+                    t.record_set(&track, p);
                 }
             }
             "$push" | "$addToSet" => {
@@ -876,7 +877,7 @@ fn apply_ops(
                             } else {
                                 a.remove(0);
                                 set_at(&mut root, p, Bson::Array(a))?;
-                                t.sets.push(p.clone());
+                                t.record_set(&track, p);
                             }
                         }
                     }
@@ -904,7 +905,7 @@ fn apply_ops(
                     };
                     if kept.len() != a.len() {
                         set_at(&mut root, p, Bson::Array(kept))?;
-                        t.sets.push(p.clone());
+                        t.record_set(&track, p);
                     }
                 }
                 Some(_) => return Err(Error::bad_value("Cannot apply $pull to a non-array value")),
@@ -938,6 +939,47 @@ fn apply_ops(
         }
     }
     Ok((out, t))
+}
+
+/// How a set at a path shows up in `updateDescription`.
+enum SetTrack {
+    /// The path itself.
+    Plain,
+    /// A missing ancestor is created: it is reported whole.
+    Prefix(Vec<Comp>),
+    /// An array grows (padding with nulls): its new elements are reported.
+    Pad(Vec<Comp>, usize),
+}
+
+fn set_track(root: &Bson, p: &[Comp]) -> SetTrack {
+    for i in 1..p.len() {
+        match get_at(root, &p[..i]) {
+            None => return SetTrack::Prefix(p[..i].to_vec()),
+            Some(Bson::Array(a)) => {
+                if let Comp::Index(j) = p[i]
+                    && j >= a.len()
+                {
+                    return SetTrack::Pad(p[..i].to_vec(), a.len());
+                }
+            }
+            _ => {}
+        }
+    }
+    SetTrack::Plain
+}
+
+impl Tracker {
+    fn record_set(&mut self, track: &SetTrack, p: &[Comp]) {
+        match track {
+            SetTrack::Plain => self.sets.push(p.to_vec()),
+            SetTrack::Prefix(q) => self.sets.push(q.clone()),
+            SetTrack::Pad(parent, old) => {
+                if !self.appends.iter().any(|(a, _)| a == parent) {
+                    self.appends.push((parent.clone(), *old));
+                }
+            }
+        }
+    }
 }
 
 fn ambiguous(p: &[Comp]) -> bool {
@@ -1088,6 +1130,10 @@ mod tests {
         let (n, d) = up(doc! {"_id": 1, "arr": [1, 2]}, doc! {"$push": {"arr": 3}, "$set": {"b": 1, "a": 2}});
         assert_eq!(n, doc! {"_id": 1, "arr": [1, 2, 3], "a": 2, "b": 1});
         assert_eq!(d.get_document("updatedFields").unwrap(), &doc! {"a": 2, "arr.2": 3, "b": 1});
+        let (_, d) = up(doc! {"_id": 1}, doc! {"$set": {"a.b.c": 1}});
+        assert_eq!(d.get_document("updatedFields").unwrap(), &doc! {"a": {"b": {"c": 1}}});
+        let (_, d) = up(doc! {"_id": 1, "arr": [0]}, doc! {"$set": {"arr.2": 5}});
+        assert_eq!(d.get_document("updatedFields").unwrap(), &doc! {"arr.1": null, "arr.2": 5});
         let (_, d) = up(doc! {"_id": 1, "arr": [1, 2, 3]}, doc! {"$pop": {"arr": 1}});
         assert_eq!(d.get_array("truncatedArrays").unwrap()[0], Bson::Document(doc! {"field": "arr", "newSize": 2}));
         let (n, d) = up(doc! {"_id": 1, "a": {"b": 1}}, doc! {"$inc": {"a.b": 2}, "$unset": {"c": ""}});
