@@ -46,6 +46,8 @@ pub struct ScanOpts<'a> {
     pub min: Option<&'a Document>,
     /// Upper bound.
     pub max: Option<&'a Document>,
+    /// Keep the decoded documents in the hits (callers that read them anyway).
+    pub keep_decoded: bool,
 }
 
 fn id_only_filter(filter: &Document) -> Option<Vec<(String, Bson)>> {
@@ -268,7 +270,12 @@ pub fn scan(c: &Collection, o: &ScanOpts) -> Result<Vec<Hit>> {
             None => h.doc.to_document().unwrap_or_default(),
         });
     }
-    let hits: Vec<Hit> = hits.into_iter().skip(o.skip).collect();
+    let mut hits: Vec<Hit> = hits.into_iter().skip(o.skip).collect();
+    if !o.keep_decoded {
+        for h in &mut hits {
+            h.decoded = None;
+        }
+    }
     Ok(if o.limit > 0 { hits.into_iter().take(o.limit).collect() } else { hits })
 }
 
@@ -482,6 +489,7 @@ pub fn update_one_stmt(sc: &mut Scope, db: &str, coll: &str, s: &UpdateSpec) -> 
                     limit: if s.multi { 0 } else { 1 },
                     vars: Some(s.vars),
                     hint: s.hint,
+                    keep_decoded: true,
                     ..Default::default()
                 },
             )?
@@ -696,6 +704,7 @@ pub fn delete_stmt(
                     limit: if limit_one { 1 } else { 0 },
                     vars: Some(vars),
                     hint,
+                    keep_decoded: true,
                     ..Default::default()
                 },
             )?
@@ -930,10 +939,12 @@ pub fn distinct(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
                 let node = query::compile(&q)?;
                 read_all(cat, &db, &coll, 0)?.into_iter().filter(|d| node.matches(d, &Vars::default())).collect()
             }
-            Some(c) => scan(c, &ScanOpts { filter: Some(&q), hint: hint.as_ref(), ..Default::default() })?
-                .into_iter()
-                .map(|h| h.decoded.map(Ok).unwrap_or_else(|| h.doc.to_document().map_err(Error::from)))
-                .collect::<Result<_>>()?,
+            Some(c) => {
+                scan(c, &ScanOpts { filter: Some(&q), hint: hint.as_ref(), keep_decoded: true, ..Default::default() })?
+                    .into_iter()
+                    .map(|h| h.decoded.map(Ok).unwrap_or_else(|| h.doc.to_document().map_err(Error::from)))
+                    .collect::<Result<_>>()?
+            }
         };
         let mut out: Vec<Bson> = Vec::new();
         for d in &docs {

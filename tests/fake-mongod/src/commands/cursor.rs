@@ -228,6 +228,7 @@ pub fn find(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
                 hint: hint.as_ref(),
                 min: min.as_ref(),
                 max: max.as_ref(),
+                keep_decoded: proj.is_some() || show_record_id,
             },
         )?;
         let last_rid = hits.last().map(|h| h.rid).unwrap_or(0);
@@ -574,29 +575,50 @@ pub fn aggregate(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
         // leading $match uses the planner
         let leading: Option<Document> = stages.first().and_then(|s| s.get_document("$match").ok()).cloned();
         let hint = cmd.get("hint").cloned();
+        let leading_sample: Option<usize> = stages
+            .first()
+            .and_then(|s| s.get_document("$sample").ok())
+            .and_then(|s| s.get("size").and_then(as_i64))
+            .map(|n| n.max(0) as usize);
         let res = with_scope(ctx, st, |sc| {
             let Some(c) = sc.coll(&db, &coll) else {
                 crud::check_hint(None, hint.as_ref()).ok();
                 return Ok(None);
             };
             if c.view.is_some() {
-                return Ok(Some(read_all(&*sc.cat, &db, &coll, 0)?));
+                return Ok(Some((read_all(&*sc.cat, &db, &coll, 0)?, false)));
+            }
+            if let Some(size) = leading_sample {
+                // $sample first: pick records before decoding anything
+                use rand::seq::SliceRandom;
+                let mut all: Vec<&crate::storage::Doc> = c.records.values().collect();
+                all.shuffle(&mut rand::rng());
+                all.truncate(size);
+                return Ok(Some((
+                    all.into_iter().map(|d| d.to_document().map_err(Error::from)).collect::<Result<Vec<_>>>()?,
+                    true,
+                )));
             }
             let hits = scan(
                 c,
-                &ScanOpts { filter: leading.as_ref(), vars: Some(&vars), hint: hint.as_ref(), ..Default::default() },
+                &ScanOpts {
+                    filter: leading.as_ref(),
+                    vars: Some(&vars),
+                    hint: hint.as_ref(),
+                    keep_decoded: true,
+                    ..Default::default()
+                },
             )?;
-            Ok(Some(
+            Ok(Some((
                 hits.into_iter()
                     .map(|h| h.decoded.map(Ok).unwrap_or_else(|| h.doc.to_document().map_err(Error::from)))
                     .collect::<Result<Vec<_>>>()?,
-            ))
+                true,
+            )))
         })?;
         match res {
-            Some(docs) => {
-                if leading.is_some() && st.catalog.coll(&db, &coll).is_some_and(|c| c.view.is_none())
-                    || (leading.is_some() && ctx.in_txn)
-                {
+            Some((docs, planned)) => {
+                if planned && (leading.is_some() || leading_sample.is_some()) {
                     stages.remove(0);
                 }
                 docs
