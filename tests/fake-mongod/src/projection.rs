@@ -152,7 +152,9 @@ impl Projection {
             insert(&mut tree, &parts, node)?;
         }
         let _ = saw_special;
-        let inclusion = inclusion.unwrap_or(false);
+        // `{_id: 1}` alone is an inclusion projection
+        let id_only_inclusion = include_id && spec.get("_id").and_then(is_bool_like) == Some(true);
+        let inclusion = inclusion.unwrap_or(id_only_inclusion);
         Ok(Projection { tree, inclusion, include_id })
     }
 
@@ -343,6 +345,8 @@ mod tests {
         assert_eq!(p.apply(&d, None, &v).unwrap(), doc! {"a": 1, "arr": [1, 2, 3, 4]});
         let p = Projection::compile(&doc! {"arr": {"$slice": -2}, "a": 0}, true).unwrap();
         assert_eq!(p.apply(&d, None, &v).unwrap(), doc! {"_id": 1, "b": {"c": 2, "d": 3}, "arr": [3, 4]});
+        let p = Projection::compile(&doc! {"_id": 1}, false).unwrap();
+        assert_eq!(p.apply(&d, None, &v).unwrap(), doc! {"_id": 1});
         let p = Projection::compile(&doc! {"x": {"$add": ["$a", 1]}}, true).unwrap();
         assert_eq!(p.apply(&d, None, &v).unwrap(), doc! {"_id": 1, "x": 2});
     }

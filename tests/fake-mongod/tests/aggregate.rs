@@ -61,7 +61,7 @@ async fn stages_sample_bucket_lookup_out_merge() {
     assert_eq!(grouped.len(), 4);
     assert_eq!(
         grouped[1],
-        doc! {"_id": 1, "n": 50, "total": 2 as f64 * (0..25).map(|k| (4 * k + 1) as f64 * 1.5).sum::<f64>(), "first": 1, "name": "c1"}
+        doc! {"_id": 1, "n": 50, "total": 2.0 * (0..25).map(|k| (4 * k + 1) as f64 * 1.5).sum::<f64>(), "first": 1, "name": "c1"}
     );
 
     orders
