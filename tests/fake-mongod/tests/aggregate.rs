@@ -97,3 +97,23 @@ async fn stages_sample_bucket_lookup_out_merge() {
         .unwrap();
     assert_eq!(counted, vec![doc! {"n": 33}]);
 }
+
+#[tokio::test]
+async fn malformed_expressions_fail_cleanly() {
+    let s = common::server();
+    let c = common::client(&s).await;
+    let coll = c.database("bad").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1, "a": 1}).await.unwrap();
+    for expr in [
+        doc! {"$abs": []},
+        doc! {"$arrayElemAt": []},
+        doc! {"$divide": [1]},
+        doc! {"$in": [1]},
+        doc! {"$subtract": [1]},
+    ] {
+        let r = coll.aggregate(vec![doc! {"$project": {"x": expr.clone()}}]).await;
+        assert!(r.is_err(), "{expr} should fail");
+    }
+    // the connection and the server are still fine
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 1);
+}

@@ -257,7 +257,31 @@ pub fn eval(expr: &Bson, root: &Bson, vars: &Vars) -> Result<Bson> {
     }
 }
 
+fn arity(op: &str) -> Option<usize> {
+    Some(match op {
+        "$abs" | "$ceil" | "$floor" | "$sqrt" | "$exp" | "$ln" | "$log10" | "$not" | "$size" | "$isArray"
+        | "$reverseArray" | "$toString" | "$toInt" | "$toLong" | "$toDouble" | "$toDecimal" | "$toBool"
+        | "$toObjectId" | "$toDate" | "$type" | "$objectToArray" | "$arrayToObject" | "$strLenCP" | "$strLenBytes"
+        | "$toUpper" | "$toLower" | "$isNumber" | "$allElementsTrue" | "$anyElementTrue" => 1,
+        "$divide" | "$mod" | "$pow" | "$in" | "$arrayElemAt" | "$split" | "$eq" | "$ne" | "$gt" | "$gte" | "$lt"
+        | "$lte" | "$cmp" | "$subtract" | "$setDifference" | "$setIsSubset" => 2,
+        _ => return None,
+    })
+}
+
 fn eval_op(op: &str, v: &Bson, root: &Bson, vars: &Vars) -> Result<Bson> {
+    if let Some(n) = arity(op) {
+        let count = match v {
+            Bson::Array(a) => a.len(),
+            _ => 1,
+        };
+        if count != n {
+            return Err(Error::new(
+                16020,
+                format!("Expression {op} takes exactly {n} arguments. {count} were passed in."),
+            ));
+        }
+    }
     let a = || eval_args(v, root, vars);
     Ok(match op {
         "$literal" => v.clone(),

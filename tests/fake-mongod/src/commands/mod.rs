@@ -546,11 +546,23 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let snapshot_read = !ctx.in_txn
         && matches!(name.as_str(), "find" | "aggregate" | "distinct")
         && ctx.cmd.get_document("readConcern").ok().and_then(|r| r.get_str("level").ok()) == Some("snapshot");
-    let r = if snapshot_read {
-        snapshot_read_cmd(ctx, st, &name, collation.as_ref())
-    } else {
-        crate::bson_order::with_collation(collation.as_ref(), || run_sync(ctx, st, &name))
-    };
+    // a bug in a handler must not take the connection down: report it as InternalError
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if snapshot_read {
+            snapshot_read_cmd(ctx, st, &name, collation.as_ref())
+        } else {
+            crate::bson_order::with_collation(collation.as_ref(), || run_sync(ctx, st, &name))
+        }
+    }))
+    .unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(cmd = %name, panic = %what, "command handler panicked");
+        Err(Error::new(1, format!("internal error in fake-mongod while running {name}: {what}")))
+    });
     if ctx.in_txn && !matches!(name.as_str(), "commitTransaction" | "abortTransaction") {
         let failed = match &r {
             Err(_) => true,
