@@ -182,12 +182,10 @@ pub fn redact_text(text: &str, uri: &str) -> String {
     let mut out = text.replace(uri, &redact_uri(uri));
     if let Some((_, rest)) = uri.split_once("://")
         && let Some((userinfo, _)) = rest.split_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+        && !password.is_empty()
     {
-        if let Some((_, password)) = userinfo.split_once(':')
-            && !password.is_empty()
-        {
-            out = out.replace(password, "***");
-        }
+        out = out.replace(password, "***");
     }
     out
 }
@@ -208,12 +206,7 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30 * 60);
 
 /// Runs `op` until it succeeds, fails with a non-retryable error, the budget is spent, or
 /// `cancel` fires (then `WorkerError::Cancelled`).
-pub async fn retry<T, F, Fut>(
-    what: &str,
-    cancel: &CancellationToken,
-    budget: Duration,
-    op: F,
-) -> Result<T, WorkerError>
+pub async fn retry<T, F, Fut>(what: &str, cancel: &CancellationToken, budget: Duration, op: F) -> Result<T, WorkerError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, WorkerError>>,
