@@ -50,16 +50,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         docs.len(),
         docs.len() as f64 / secs
     );
+    // replacement upserts of existing documents, as a sync engine re-copies them
+    let start = Instant::now();
+    let db = client.database("bench");
+    for b in 0..(total / 1000) {
+        let updates: Vec<Document> = (0..1000)
+            .map(|i| {
+                let id = (b * 1000 + i) as i64;
+                doc! {"q": {"_id": id}, "u": {"_id": id, "n": i as i32 + 1, "tag": "bench", "pad": pad.clone()}, "upsert": true}
+            })
+            .collect();
+        db.run_command(doc! {"update": "docs", "updates": updates, "ordered": false}).await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("replacement upserts: {inserted} docs in {secs:.2}s = {:.0} docs/s", inserted as f64 / secs);
     let start = Instant::now();
     let mut stream = coll.watch().start_at_operation_time(stream_start).await?.with_type::<bson::RawDocumentBuf>();
     let mut events = 0usize;
-    while events < inserted {
+    while events < 2 * inserted {
         if stream.next_if_any().await?.is_some() {
             events += 1;
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("change stream: {events} insert events in {secs:.2}s = {:.0} events/s", events as f64 / secs);
+    println!("change stream: {events} insert and replace events in {secs:.2}s = {:.0} events/s", events as f64 / secs);
     server.shutdown();
     Ok(())
 }

@@ -50,6 +50,24 @@ pub enum UpdateKind {
 }
 
 impl UpdateKind {
+    /// Classifies an owned update value without copying it.
+    pub fn parse_owned(u: Bson) -> Result<UpdateKind> {
+        match u {
+            Bson::Document(d) if d.keys().next().is_none_or(|k| !k.starts_with('$')) => {
+                if let Some(k) = d.keys().find(|k| k.starts_with('$')) {
+                    return Err(Error::new(
+                        52,
+                        format!(
+                            "The dollar ($) prefixed field '{k}' in '{k}' is not allowed in the context of an update's replacement document. Consider using an aggregation pipeline with $replaceWith."
+                        ),
+                    ));
+                }
+                Ok(UpdateKind::Replace(d))
+            }
+            other => UpdateKind::parse(&other),
+        }
+    }
+
     /// Classifies an update value (`u`).
     pub fn parse(u: &Bson) -> Result<UpdateKind> {
         match u {

@@ -300,10 +300,13 @@ fn ops_arg(ctx: &mut Ctx, field: &str) -> Result<Vec<Document>> {
     if let Some(v) = ctx.seqs.remove(field) {
         return v.iter().map(|d| Ok(d.to_document()?)).collect();
     }
-    match ctx.cmd.get(field) {
+    match ctx.cmd.remove(field) {
         Some(Bson::Array(a)) => a
-            .iter()
-            .map(|d| d.as_document().cloned().ok_or_else(|| Error::type_mismatch("entries must be objects")))
+            .into_iter()
+            .map(|d| match d {
+                Bson::Document(d) => Ok(d),
+                _ => Err(Error::type_mismatch("entries must be objects")),
+            })
             .collect(),
         _ => Err(Error::new(40414, format!("BSON field '{}.{field}' is missing but a required field", ctx.name))),
     }
@@ -606,12 +609,13 @@ pub fn update(ctx: &mut Ctx, st: &mut State) -> Result<Reply> {
         let (mut n, mut nmod) = (0i64, 0i64);
         let mut upserted = Vec::new();
         let mut errors = Vec::new();
-        for (i, stmt) in stmts.iter().enumerate() {
+        for (i, mut stmt) in stmts.into_iter().enumerate() {
+            let u_value = stmt.remove("u");
             let r = (|| -> Result<UpdateResult> {
                 let q = stmt
                     .get_document("q")
                     .map_err(|_| Error::new(40414, "BSON field 'update.updates.q' is missing but a required field"))?;
-                let u = UpdateKind::parse(stmt.get("u").ok_or_else(|| {
+                let u = UpdateKind::parse_owned(u_value.ok_or_else(|| {
                     Error::new(40414, "BSON field 'update.updates.u' is missing but a required field")
                 })?)?;
                 let af = update::compile_array_filters(stmt.get_array("arrayFilters").ok())?;
