@@ -12,8 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v etcd >/dev/null 2>&1; then
-    echo "test: ERROR: etcd is not installed (apt-get install -y etcd-server)" >&2
-    exit 2
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test: installing etcd (Debian package etcd-server)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }
+    fi
+    if ! command -v etcd >/dev/null 2>&1; then
+        echo "test: ERROR: etcd is not installed (apt-get install -y etcd-server)" >&2
+        exit 2
+    fi
 fi
 
 echo "== unit, integration and end-to-end tests"
