@@ -180,6 +180,8 @@ async fn step_down_and_drop_connections() {
     assert!(hello.get_bool("secondary").unwrap());
     let e = direct.database("sd").run_command(doc! {"insert": "c", "documents": [{"_id": 5}]}).await.unwrap_err();
     assert_eq!(code(&e), Some(10107));
+    // a direct connection reads from the secondary (primaryPreferred, so secondaryOk)
+    assert_eq!(direct.database("sd").collection::<Document>("c").count_documents(doc! {}).await.unwrap(), 1);
     // a replica-set client waits for the primary to come back and its retryable write succeeds
     let t = std::time::Instant::now();
     coll.insert_one(doc! {"_id": 2}).await.unwrap();

@@ -489,12 +489,26 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let st = &mut *guard;
     // replica state checks
     if st.is_secondary() && !is_admin_like(&name) {
-        let e = if is_write_cmd(&name) || is_ddl(&name) {
-            Error::new(10107, "not primary")
-        } else {
-            Error::new(13435, "not primary and secondaryOk=false")
-        };
-        return Err(e);
+        // reads with a non-primary read preference (secondaryOk) are served, like a secondary
+        let secondary_ok = ctx
+            .cmd
+            .get_document("$readPreference")
+            .ok()
+            .and_then(|r| r.get_str("mode").ok())
+            .is_some_and(|m| m != "primary");
+        let writes = is_write_cmd(&name)
+            || is_ddl(&name)
+            || matches!(name.as_str(), "commitTransaction" | "abortTransaction" | "appendOplogNote");
+        let out_stage = name == "aggregate"
+            && ctx.cmd.get_array("pipeline").is_ok_and(|p| {
+                p.iter().any(|s| s.as_document().is_some_and(|d| d.contains_key("$out") || d.contains_key("$merge")))
+            });
+        if writes || out_stage {
+            return Err(Error::new(10107, "not primary"));
+        }
+        if !secondary_ok {
+            return Err(Error::new(13435, "not primary and secondaryOk=false"));
+        }
     }
     if (is_write_cmd(&name) || is_ddl(&name))
         && st.write_blocked
