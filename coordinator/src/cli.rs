@@ -5,6 +5,9 @@
 //! `coordinator` and `worker` subcommands run one role each against etcd (distributed mode).
 //! Every flag can also come from an environment variable or the `--config` YAML file; the
 //! merge happens in [`crate::config`].
+//!
+//! `clustersync ctl` is a client, not a process of the fleet: it drives a migration through the
+//! gRPC API of any coordinator ([`CtlArgs`], run by [`crate::ctl`]) and needs no cluster URIs.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ Environment variables (a flag wins over its variable, a variable over the config
   CLUSTERSYNC_CLUSTER0         --cluster0
   CLUSTERSYNC_CLUSTER1         --cluster1
   CLUSTERSYNC_PORT             --port
+  CLUSTERSYNC_GRPC_PORT        --grpcPort
   CLUSTERSYNC_ID               --id
   CLUSTERSYNC_VERBOSITY        --verbosity
   CLUSTERSYNC_STATE_DIR        --stateDir
@@ -50,6 +54,9 @@ pub enum Command {
     Coordinator(DistributedArgs),
     /// Runs a data-plane worker that claims copy, change-stream and verification tasks from etcd.
     Worker(DistributedArgs),
+    /// Drives a running migration through the gRPC API of any coordinator: start, progress,
+    /// pause, resume, commit, reverse.
+    Ctl(CtlArgs),
 }
 
 /// Flags of the `coordinator` and `worker` subcommands.
@@ -79,6 +86,11 @@ pub struct RunArgs {
     /// Port of the REST API [default: 27182].
     #[arg(long = "port", value_name = "PORT")]
     pub port: Option<u16>,
+
+    /// Port of the gRPC API, on the same address as the REST API; 0 picks a free port
+    /// [default: 27183].
+    #[arg(long = "grpcPort", alias = "grpc-port", value_name = "PORT")]
+    pub grpc_port: Option<u16>,
 
     /// Address the REST API binds to [default: 127.0.0.1]. The API has no authentication:
     /// bind it to anything else only behind your own access control.
@@ -149,13 +161,133 @@ impl Mode {
 
 impl Cli {
     /// The mode, the shared flags and the etcd endpoints given with `--etcd`.
+    ///
+    /// `ctl` runs no role and is dispatched before this is asked; for it this returns the
+    /// default command with no flags set.
     pub fn parts(&self) -> (Mode, &RunArgs, &[String]) {
         match &self.command {
-            None => (Mode::Single, &self.run, &[]),
+            None | Some(Command::Ctl(_)) => (Mode::Single, &self.run, &[]),
             Some(Command::Coordinator(args)) => (Mode::Coordinator, &args.run, &args.etcd),
             Some(Command::Worker(args)) => (Mode::Worker, &args.run, &args.etcd),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// clustersync ctl
+// ---------------------------------------------------------------------------------------------
+
+/// Default address of `clustersync ctl`: the gRPC API of a coordinator on this machine.
+pub const DEFAULT_CTL_ADDRESS: &str = "http://127.0.0.1:27183";
+
+/// Environment variable holding the address of `clustersync ctl`.
+pub const CTL_ADDRESS_ENV: &str = "CLUSTERSYNC_CTL_ADDRESS";
+
+/// Help text of `clustersync ctl`, shown after `--help`.
+const CTL_HELP: &str = "\
+Exit codes: 0 success; 1 the server refused or failed the command (its error name is printed, e.g.
+InvalidState); 2 bad command line or --json body; 3 the gRPC API could not be reached; 4 the
+migration FAILED (progress --watch); 130 interrupted.";
+
+/// `clustersync ctl`: the command-line client of the gRPC API.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = CTL_HELP)]
+pub struct CtlArgs {
+    /// gRPC address of a coordinator (`http://host:port`; `host:port` is accepted).
+    #[arg(long = "address", value_name = "URL", env = CTL_ADDRESS_ENV, default_value = DEFAULT_CTL_ADDRESS, global = true)]
+    pub address: String,
+
+    /// Seconds to wait for the connection and for each reply (not for a watch).
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 60, global = true)]
+    pub timeout_seconds: u64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The commands of `clustersync ctl`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Starts the migration (REST: POST /api/v1/start), with options as flags or a JSON body.
+    Start(CtlStartArgs),
+    /// Shows the progress of the migration and its fleet (REST: GET /api/v1/progress).
+    Progress(CtlProgressArgs),
+    /// Pauses a RUNNING migration.
+    Pause,
+    /// Resumes a PAUSED migration.
+    Resume,
+    /// Commits a RUNNING migration once canCommit is true.
+    Commit,
+    /// Reverses a COMMITTED, reversible migration (not supported yet).
+    Reverse,
+}
+
+/// Values of `--source` and `--destination`.
+pub const CLUSTER_NAMES: [&str; 2] = ["cluster0", "cluster1"];
+
+/// Options of `clustersync ctl start`; the flags build the same body REST `/start` takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CtlStartArgs {
+    /// The source cluster [default: cluster0, or the other one than --destination].
+    #[arg(long = "source", value_name = "CLUSTER", value_parser = CLUSTER_NAMES)]
+    pub source: Option<String>,
+
+    /// The destination cluster [default: the other one than the source].
+    #[arg(long = "destination", value_name = "CLUSTER", value_parser = CLUSTER_NAMES)]
+    pub destination: Option<String>,
+
+    /// When indexes are built: beforeDataCopy (default), afterDataCopy, excludeHashed,
+    /// excludeHashedAfterCopy or never.
+    #[arg(long = "build-indexes", value_name = "WHEN", value_parser = crate::api::body::BUILD_INDEXES_VALUES)]
+    pub build_indexes: Option<String>,
+
+    /// enableUserWriteBlocking: destinationOnly (default), sourceAndDestination or none.
+    #[arg(long = "write-blocking", value_name = "MODE", value_parser = crate::api::body::WRITE_BLOCKING_VALUES)]
+    pub write_blocking: Option<String>,
+
+    /// Syncs only these namespaces (repeatable): `db`, `db.coll`, `db./regex/options` for
+    /// collections matching a regex, `/regex/options` for databases matching a regex.
+    #[arg(long = "include", value_name = "NAMESPACE")]
+    pub include: Vec<String>,
+
+    /// Does not sync these namespaces (repeatable; same forms as --include).
+    #[arg(long = "exclude", value_name = "NAMESPACE")]
+    pub exclude: Vec<String>,
+
+    /// Allows /reverse after the commit (needs --write-blocking sourceAndDestination).
+    #[arg(long = "reversible")]
+    pub reversible: bool,
+
+    /// Turns the embedded verifier off.
+    #[arg(long = "no-verification")]
+    pub no_verification: bool,
+
+    /// The REST /start body, from a file or `-` for stdin, instead of the flags above (the
+    /// only way to give `sharding`).
+    #[arg(
+        long = "json",
+        value_name = "FILE|-",
+        conflicts_with_all = ["source", "destination", "build_indexes", "write_blocking", "include", "exclude", "reversible", "no_verification"]
+    )]
+    pub json: Option<String>,
+}
+
+/// Options of `clustersync ctl progress`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CtlProgressArgs {
+    /// Prints the report as JSON, exactly as REST /progress does (one line per report with
+    /// --watch).
+    #[arg(long = "json")]
+    pub json: bool,
+
+    /// Follows the migration with live progress bars until COMMITTED or FAILED (or Ctrl-C).
+    #[arg(long = "watch")]
+    pub watch: bool,
+
+    /// With --watch: refresh at least this often, in milliseconds.
+    #[arg(long = "interval", value_name = "MS", default_value_t = 1000, requires = "watch")]
+    pub interval_ms: u32,
 }
 
 /// The embedded verifier disclaimer, shown at start-up unless accepted with `--acceptDisclaimer`.

@@ -29,6 +29,9 @@ use crate::cli::{Mode, RunArgs};
 /// Default port of the REST API (mongosync's).
 pub const DEFAULT_PORT: u16 = 27182;
 
+/// Default port of the gRPC API.
+pub const DEFAULT_GRPC_PORT: u16 = 27183;
+
 /// Default address of the REST API: localhost only, as mongosync (the API has no authentication).
 pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -52,6 +55,8 @@ pub mod env {
     pub const CLUSTER1: &str = "CLUSTERSYNC_CLUSTER1";
     /// `--port`.
     pub const PORT: &str = "CLUSTERSYNC_PORT";
+    /// `--grpcPort`.
+    pub const GRPC_PORT: &str = "CLUSTERSYNC_GRPC_PORT";
     /// `--id`.
     pub const ID: &str = "CLUSTERSYNC_ID";
     /// `--verbosity`.
@@ -149,6 +154,8 @@ pub struct FileConfig {
     pub cluster1: Option<String>,
     /// `--port` (wider than `u16` so an out-of-range value gets our message, not serde's).
     pub port: Option<i64>,
+    /// `--grpcPort` (wider than `u16`, as `port`).
+    pub grpc_port: Option<i64>,
     /// `--bindAddress`.
     pub bind_address: Option<String>,
     /// `--id`.
@@ -306,6 +313,8 @@ pub struct Config {
     pub cluster1: String,
     /// REST API port; 0 picks a free port (tests).
     pub port: u16,
+    /// gRPC API port, on `bind_address`; 0 picks a free port.
+    pub grpc_port: u16,
     /// REST API address.
     pub bind_address: IpAddr,
     /// This process's identity (`mongosyncID`).
@@ -337,6 +346,7 @@ impl fmt::Debug for Config {
             .field("cluster0", &redact_uri(&self.cluster0))
             .field("cluster1", &redact_uri(&self.cluster1))
             .field("port", &self.port)
+            .field("grpc_port", &self.grpc_port)
             .field("bind_address", &self.bind_address)
             .field("id", &self.id)
             .field("migration_name", &self.migration_name)
@@ -440,6 +450,32 @@ impl Config {
                 port
             }
             None => DEFAULT_PORT,
+        };
+
+        let grpc_port = match pick(
+            args.grpc_port.map(|port| (i64::from(port), "--grpcPort")),
+            env(env::GRPC_PORT)
+                .map(|(text, name)| {
+                    text.trim().parse::<i64>().map(|port| (port, name)).map_err(|_| ConfigError::Invalid {
+                        field: "grpcPort",
+                        origin: Origin::Env(name),
+                        reason: format!("expected an integer between 0 and 65535, got {text:?}"),
+                    })
+                })
+                .transpose()?,
+            file.grpc_port.map(|port| (port, "grpcPort")),
+            file_path,
+        ) {
+            Some(Sourced { value, origin }) => {
+                let port = u16::try_from(value).map_err(|_| ConfigError::Invalid {
+                    field: "grpcPort",
+                    origin: origin.clone(),
+                    reason: format!("expected an integer between 0 and 65535 (0 picks a free port), got {value}"),
+                })?;
+                origins.insert("grpcPort", origin);
+                port
+            }
+            None => DEFAULT_GRPC_PORT,
         };
 
         let bind_address = match pick(
@@ -583,6 +619,7 @@ impl Config {
             cluster0,
             cluster1,
             port,
+            grpc_port,
             bind_address,
             id,
             migration_name,
@@ -605,6 +642,7 @@ impl Config {
             cluster0: cluster0.to_string(),
             cluster1: cluster1.to_string(),
             port: 0,
+            grpc_port: 0,
             bind_address: DEFAULT_BIND_ADDRESS,
             id: InstanceId::random("test"),
             migration_name: MigrationId::new(DEFAULT_MIGRATION_NAME).expect("valid"),
@@ -635,9 +673,9 @@ impl Config {
 
     /// Checks everything a parse cannot: both connection strings (with the workers' own
     /// [`client_options`]: scheme, syntax, majority read and write concerns, no
-    /// `socketTimeoutMS`), that they differ, the etcd endpoints (required by the
-    /// `coordinator` and `worker` subcommands), root prefix and lease TTL, the worker
-    /// settings, and that the paths are usable directories.
+    /// `socketTimeoutMS`), that they differ, that the REST and gRPC ports differ, the etcd
+    /// endpoints (required by the `coordinator` and `worker` subcommands), root prefix and
+    /// lease TTL, the worker settings, and that the paths are usable directories.
     ///
     /// # Errors
     ///
@@ -650,6 +688,13 @@ impl Config {
             return Err(self.invalid(
                 "cluster1",
                 "cluster0 and cluster1 are the same connection string; the source and the destination must be different clusters",
+            ));
+        }
+
+        if self.mode.runs_coordinator() && self.port != 0 && self.port == self.grpc_port {
+            return Err(self.invalid(
+                "grpcPort",
+                format!("the gRPC API cannot share port {} with the REST API (port); choose another grpcPort", self.port),
             ));
         }
 

@@ -12,6 +12,8 @@
 //!   state document, shared by the REST and gRPC APIs — and the error names of the API.
 //! - [`progress`]: the `/progress` report, aggregated from the store over the whole fleet.
 //! - [`api`]: the mongosync-compatible REST API over [`control::Control`].
+//! - [`grpc`]: the gRPC control API (`clustersync.v1.Control`) over the same [`control::Control`].
+//! - [`ctl`]: `clustersync ctl`, the command-line client of the gRPC API.
 //! - [`leader`]: the elected coordinator — setup, planning, copy completion, commit, failure.
 //! - [`node`]: one process with its roles (coordinator, worker, or both).
 
@@ -19,6 +21,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
+pub mod grpc;
 pub mod leader;
 pub mod logging;
 pub mod node;

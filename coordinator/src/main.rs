@@ -4,14 +4,17 @@
 //! Exit codes: 0 after a clean shutdown, 1 when the process fails while running, 2 for a bad
 //! command line or configuration (the message names the flag or key), 3 when the disclaimer
 //! is declined.
+//!
+//! `clustersync ctl ...` is the gRPC client instead ([`clustersync_coordinator::ctl`]): it needs
+//! no configuration, and has its own exit codes (see `clustersync ctl --help`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use clustersync_coordinator::cli::{Cli, DisclaimerError, confirm_disclaimer};
+use clustersync_coordinator::cli::{Cli, Command, CtlArgs, DisclaimerError, confirm_disclaimer};
 use clustersync_coordinator::config::{Config, process_env};
-use clustersync_coordinator::{logging, node};
+use clustersync_coordinator::{ctl, logging, node};
 use clustersync_worker::mongo::redact_text;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +38,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if let Some(Command::Ctl(args)) = &cli.command {
+        return runtime.block_on(run_ctl(args));
+    }
     runtime.block_on(run(cli))
+}
+
+/// `clustersync ctl`: one command against the gRPC API; the error goes to stderr.
+async fn run_ctl(args: &CtlArgs) -> ExitCode {
+    match ctl::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
 }
 
 async fn run(cli: Cli) -> ExitCode {

@@ -82,9 +82,14 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 
     let api_address = SocketAddr::new(config.bind_address, config.port);
     let mut api_task = None;
+    let mut grpc_server = None;
     if roles.coordinator {
         let clusters = MongoClusters::connect(&config.cluster0, &config.cluster1).await?;
         let control = Arc::new(Control::new(store.clone(), keys.clone(), config.id.clone(), Arc::new(clusters)));
+        // The gRPC API serves the same `Control` as the REST API (see `crate::grpc`).
+        grpc_server = crate::grpc::GrpcServer::start(&config, control.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("cannot listen on port {} for the grpc api", config.grpc_port))?;
         let listener = crate::api::bind(api_address)
             .await
             .with_context(|| format!("cannot listen on {api_address} for the REST API"))?;
@@ -106,7 +111,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             }
         };
         let lease = keeper.handle();
-        if let Err(error) = register(store.as_ref(), &keys, &config, roles, api_address, &lease).await {
+        let grpc_address = grpc_server.as_ref().map(|server| server.address);
+        if let Err(error) = register(store.as_ref(), &keys, &config, roles, api_address, grpc_address, &lease).await {
             warn!(%error, "cannot register this process; retrying");
             tokio::time::sleep(RESTART_PAUSE).await;
             continue;
@@ -170,6 +176,9 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             Err(error) => warn!(%error, "rest api task failed"),
         }
     }
+    if let Some(grpc_server) = grpc_server {
+        grpc_server.stopped().await;
+    }
     info!("clustersync stopped");
     Ok(())
 }
@@ -181,6 +190,7 @@ async fn register(
     config: &Config,
     roles: Roles,
     api_address: SocketAddr,
+    grpc_address: Option<SocketAddr>,
     lease: &LeaseHandle,
 ) -> anyhow::Result<()> {
     let mut role_list = Vec::new();
@@ -194,7 +204,7 @@ async fn register(
         id: config.id.clone(),
         roles: role_list,
         api_address: roles.coordinator.then(|| api_address.to_string()),
-        grpc_address: None,
+        grpc_address: grpc_address.map(|address| address.to_string()),
         hostname: hostname(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
