@@ -150,6 +150,9 @@ pub struct CollectionProgress {
     pub estimated_copied_bytes: u64,
     /// Documents copied so far.
     pub documents_copied: u64,
+    /// Documents copied again after a restart or a takeover (found already on the destination
+    /// and skipped): bounded by one batch per range in flight at the interruption.
+    pub documents_recopied: u64,
     /// Copy tasks (ranges) the collection was split into.
     pub partitions: u32,
     /// Copy tasks finished.
@@ -397,6 +400,7 @@ pub fn aggregate(snapshot: &Snapshot, instance: &InstanceId, hosts: &(String, St
         estimated_bytes: u64,
         copied_bytes: u64,
         documents: u64,
+        recopied: u64,
         partitions: u32,
         partitions_done: u32,
     }
@@ -422,7 +426,10 @@ pub fn aggregate(snapshot: &Snapshot, instance: &InstanceId, hosts: &(String, St
             totals.partitions += 1;
         }
         let (mut documents, mut bytes) = match snapshot.checkpoints.get(id).map(|c| &c.detail) {
-            Some(CheckpointDetail::Copy(copy)) => (copy.documents_copied, copy.bytes_copied),
+            Some(CheckpointDetail::Copy(copy)) => {
+                totals.recopied += copy.documents_recopied;
+                (copy.documents_copied, copy.bytes_copied)
+            }
             _ => (0, 0),
         };
         if !is_done(id)
@@ -452,6 +459,7 @@ pub fn aggregate(snapshot: &Snapshot, instance: &InstanceId, hosts: &(String, St
             estimated_total_bytes: totals.estimated_bytes,
             estimated_copied_bytes: totals.copied_bytes,
             documents_copied: totals.documents,
+            documents_recopied: totals.recopied,
             partitions: totals.partitions,
             partitions_done: totals.partitions_done,
         })
