@@ -63,6 +63,7 @@ use tracing::{info, warn};
 use crate::cdc::apply::{ApplierShared, Tainted, run_applier};
 use crate::cdc::ddl::{DdlExecutor, DestinationDdl, SchemaDdl};
 use crate::cdc::dispatch::{DispatchItem, Dispatcher};
+use crate::cdc::event::MemoryBudget;
 use crate::cdc::intake::Intake;
 use crate::cdc::reader::{Reader, StartAt};
 use crate::cdc::spool::{Drainer, Spool, SpoolPos};
@@ -72,6 +73,9 @@ use crate::error::WorkerError;
 
 /// How often the source's latest write time is read for the lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes of change events one task holds in memory between reading and spooling or applying,
+/// per path (stream and spool drain).
+pub const MEMORY_BUDGET_BYTES: usize = 128 * 1024 * 1024;
 /// How long a cancelled task spends on its last checkpoint.
 const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -87,15 +91,28 @@ const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(2);
 ///   naming the reason is saved first.
 /// - Any other error for a task attempt that may be retried from the checkpoint.
 pub async fn run_change_stream(ctx: &TaskContext, task: &ChangeStreamTask) -> Result<(), WorkerError> {
-    let ddl: Arc<dyn DestinationDdl> = Arc::new(SchemaDdl::new(ctx.clusters.clone()));
-    run_change_stream_with(ctx, task, ddl).await
+    run_change_stream_with(ctx, task, EngineOptions::new(ctx)).await
 }
 
-/// [`run_change_stream`] with the destination DDL given (tests use this to watch DDL calls).
+/// What [`run_change_stream_with`] may change from the defaults.
+pub struct EngineOptions {
+    /// The destination's DDL appliers ([`SchemaDdl`] by default; tests may watch the calls).
+    pub ddl: Arc<dyn DestinationDdl>,
+    /// Bytes of events held in memory per path ([`MEMORY_BUDGET_BYTES`] by default).
+    pub memory_budget_bytes: usize,
+}
+
+impl EngineOptions {
+    pub fn new(ctx: &TaskContext) -> Self {
+        Self { ddl: Arc::new(SchemaDdl::new(ctx.clusters.clone())), memory_budget_bytes: MEMORY_BUDGET_BYTES }
+    }
+}
+
+/// [`run_change_stream`] with [`EngineOptions`].
 pub async fn run_change_stream_with(
     ctx: &TaskContext,
     task: &ChangeStreamTask,
-    ddl: Arc<dyn DestinationDdl>,
+    options: EngineOptions,
 ) -> Result<(), WorkerError> {
     let (status, checkpoint) = match &ctx.previous {
         None => (TaskStatus::Running, CdcCheckpoint::default()),
@@ -114,7 +131,7 @@ pub async fn run_change_stream_with(
         TaskStatus::Done => return Ok(()),
         TaskStatus::Running => {}
     }
-    let mut engine = Engine::new(ctx, task, checkpoint, ddl);
+    let mut engine = Engine::new(ctx, task, checkpoint, options);
     let result = engine.run().await;
     // Stop every stage before anything else: nothing may be applied after the checkpoint below.
     engine.tasks.shutdown().await;
@@ -198,18 +215,18 @@ struct Engine {
     trimmed_below: u64,
     /// The source's latest majority-committed write time, polled for the lag.
     source_time: Option<OpTime>,
+    /// Memory held by events in flight (see [`event::MemoryBudget`]), one budget per path: the
+    /// intake waits for the drainer when it switches to live, so if both paths shared one budget
+    /// the stream's events could hold all of it while the drainer needs some.
+    read_budget: MemoryBudget,
+    drain_budget: MemoryBudget,
     /// Events applied and repairs made by earlier holders (this run counts its own).
     base_applied: u64,
     base_repairs: u64,
 }
 
 impl Engine {
-    fn new(
-        ctx: &TaskContext,
-        task: &ChangeStreamTask,
-        checkpoint: CdcCheckpoint,
-        ddl: Arc<dyn DestinationDdl>,
-    ) -> Self {
+    fn new(ctx: &TaskContext, task: &ChangeStreamTask, checkpoint: CdcCheckpoint, options: EngineOptions) -> Self {
         let spool = Spool::new(
             &ctx.clusters,
             &ctx.migration,
@@ -231,9 +248,11 @@ impl Engine {
         Self {
             ctx: ctx.clone(),
             task: task.clone(),
-            ddl,
+            ddl: options.ddl,
             stage: checkpoint.stage,
             trimmed_below: checkpoint.next_apply_seq,
+            read_budget: MemoryBudget::new(options.memory_budget_bytes),
+            drain_budget: MemoryBudget::new(options.memory_budget_bytes),
             base_applied: checkpoint.events_applied,
             base_repairs: checkpoint.repairs,
             saved: checkpoint,
@@ -346,6 +365,7 @@ impl Engine {
 
         let reader = Reader {
             client: ctx.clusters.source.clone(),
+            budget: self.read_budget.clone(),
             migration: ctx.migration.clone(),
             filter: ctx.filter.clone(),
             out: reader_tx,
@@ -426,6 +446,7 @@ impl Engine {
             dispatched,
             dispatch,
             batch: self.ctx.settings.apply_batch_events.max(1),
+            budget: self.drain_budget.clone(),
         };
         self.tasks.spawn(async move { ("drainer", drainer.run().await) });
         self.draining.send_replace(true);

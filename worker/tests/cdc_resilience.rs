@@ -224,3 +224,31 @@ async fn a_pause_while_live_resumes_after_the_last_applied_event() {
     assert_eq!(after.stage, CdcStage::Live);
     resumed.stop().await.unwrap_err();
 }
+
+#[tokio::test]
+async fn a_tight_memory_budget_slows_the_pipeline_but_never_stalls_it() {
+    let harness = Harness::start().await;
+    // Room for about a dozen of the documents below at a time, on each path.
+    let running = harness.run_with_budget(Some(256 * 1024)).await;
+    let coll = harness.source_coll("app", "wide");
+    let blob = "b".repeat(20 * 1024);
+    let write = |from: i32| {
+        let coll = coll.clone();
+        let blob = blob.clone();
+        async move {
+            for i in from..from + 60 {
+                coll.insert_one(doc! {"_id": i, "blob": &blob}).await.unwrap();
+                coll.update_one(doc! {"_id": i}, doc! {"$set": {"n": i}}).await.unwrap();
+            }
+        }
+    };
+    write(0).await;
+    harness.wait_cdc("spooled", |c| c.events_spooled >= 120).await;
+    harness.complete_copy().await;
+    // Writes keep coming while the spool drains and the intake switches to live.
+    write(1000).await;
+    harness.wait_live().await;
+    write(2000).await;
+    harness.wait_converged("under a tight memory budget").await;
+    running.stop().await.unwrap_err();
+}

@@ -697,7 +697,6 @@ pub async fn run_applier(
 ) -> Result<(), WorkerError> {
     let mut items = Vec::with_capacity(shared.batch_events);
     while let Some(first) = queue.recv().await {
-        items.clear();
         items.push(first);
         while items.len() < shared.batch_events {
             match queue.try_recv() {
@@ -714,6 +713,9 @@ pub async fn run_applier(
         let seqs: Vec<u64> = items.iter().map(|item| item.seq).collect();
         shared.watermark.complete(&seqs)?;
         shared.counters.events_applied.fetch_add(items.len() as u64, Ordering::Relaxed);
+        // Applied events give their memory back now, not when the next one arrives: the reader
+        // may be waiting for it.
+        items.clear();
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ impl OpType {
 }
 
 /// One change event, with its routing fields parsed and the raw bytes kept.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ChangeEvent {
     /// The whole event as the server sent it (empty for a spool reference, see `lookup_only`).
     pub raw: RawDocumentBuf,
@@ -107,6 +107,48 @@ pub struct ChangeEvent {
     pub collection_uuid: Option<Vec<u8>>,
     /// The event was too large to spool: apply it by re-reading the document from the source.
     pub lookup_only: bool,
+    /// The share of the engine's memory budget this event holds until it is dropped (spooled or
+    /// applied).
+    pub held: Option<Held>,
+}
+
+/// A share of a [`MemoryBudget`], given back when dropped.
+pub type Held = tokio::sync::OwnedSemaphorePermit;
+
+/// Bytes of change events one engine holds in memory at once, between being read (from the
+/// stream or the spool) and being spooled or applied. Every queue between the stages is bounded
+/// in events too, but events can be 16 MB each: without a byte bound, a burst of large documents
+/// would take gigabytes (the out-of-memory failures peers' users report).
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    semaphore: std::sync::Arc<tokio::sync::Semaphore>,
+    units: u32,
+}
+
+/// Granularity of the budget.
+const BUDGET_UNIT: usize = 1024;
+
+impl MemoryBudget {
+    pub fn new(bytes: usize) -> Self {
+        let units = u32::try_from((bytes / BUDGET_UNIT).max(1)).unwrap_or(u32::MAX >> 4);
+        Self { semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(units as usize)), units }
+    }
+
+    /// Waits until `bytes` fit in the budget and holds them. An event larger than the whole
+    /// budget waits until everything else is given back, then goes alone.
+    pub async fn hold(&self, bytes: usize) -> Result<Held, WorkerError> {
+        let wanted = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX).clamp(1, self.units);
+        self.semaphore
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| WorkerError::InvalidData("change stream memory budget closed".into()))
+    }
+
+    /// Bytes currently free (tests and diagnostics).
+    pub fn available(&self) -> usize {
+        self.semaphore.available_permits() * BUDGET_UNIT
+    }
 }
 
 /// Reads an optional field: missing → `None`, wrong type → error naming the field.
@@ -148,7 +190,19 @@ impl ChangeEvent {
         let document_key =
             optional(raw.get_document("documentKey"), "documentKey")?.map(RawDocument::to_raw_document_buf);
         let collection_uuid = optional(raw.get_binary("collectionUUID"), "collectionUUID")?.map(|b| b.bytes.to_vec());
-        Ok(Self { raw, token, op, db, coll, to, cluster_time, document_key, collection_uuid, lookup_only: false })
+        Ok(Self {
+            raw,
+            token,
+            op,
+            db,
+            coll,
+            to,
+            cluster_time,
+            document_key,
+            collection_uuid,
+            lookup_only: false,
+            held: None,
+        })
     }
 
     /// An event known only by its document (a spool reference to an event too large to spool).
@@ -170,6 +224,7 @@ impl ChangeEvent {
             document_key: Some(document_key),
             collection_uuid,
             lookup_only: true,
+            held: None,
         }
     }
 
@@ -477,6 +532,27 @@ mod tests {
             (0..64).map(|i| route("d", "c", &key(doc! {"_id": format!("k{i}")}), 8)).collect();
         assert!(spread.len() > 4, "documents spread over the appliers: {spread:?}");
         assert_ne!(route("d", "c", &key(doc! {"_id": 1.5}), 1 << 20), route("d", "c", &key(doc! {"_id": 1}), 1 << 20));
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_bounds_bytes_in_flight() {
+        let budget = MemoryBudget::new(64 * 1024);
+        let a = budget.hold(40 * 1024).await.unwrap();
+        assert_eq!(budget.available(), 24 * 1024);
+        // A second event that does not fit waits until the first is given back.
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.hold(30 * 1024).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
+        // Larger than the whole budget: takes all of it, alone.
+        let huge = budget.hold(10 * 1024 * 1024).await.unwrap();
+        assert_eq!(budget.available(), 0);
+        drop(huge);
+        assert_eq!(budget.available(), 64 * 1024);
     }
 
     #[test]

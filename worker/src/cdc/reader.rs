@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cdc::event::{ChangeEvent, Fragments, is_relevant, marker_collection};
+use crate::cdc::event::{ChangeEvent, Fragments, MemoryBudget, is_relevant, marker_collection};
 use crate::error::{CHANGE_STREAM_HISTORY_LOST, WorkerError, server_code};
 
 /// Error name (and code name) of a lost change-stream history.
@@ -62,6 +62,8 @@ pub enum StartAt {
 /// See the module documentation.
 pub struct Reader {
     pub client: Client,
+    /// Every event read holds its bytes of the engine's memory budget until spooled or applied.
+    pub budget: MemoryBudget,
     pub migration: String,
     pub filter: Arc<NamespaceFilter>,
     pub out: mpsc::Sender<ReaderItem>,
@@ -219,10 +221,14 @@ impl Reader {
                 Some(raw) => {
                     *progressed = true;
                     let Some(raw) = fragments.push(raw)? else { continue };
-                    let event = ChangeEvent::from_raw(raw)?;
+                    let mut event = ChangeEvent::from_raw(raw)?;
                     let token = event.token.clone();
                     if is_relevant(&event, &self.filter, &self.migration) {
                         dropped = 0;
+                        event.held = Some(tokio::select! {
+                            held = self.budget.hold(event.size()) => held?,
+                            _ = self.cancel.cancelled() => return Err(WorkerError::Cancelled),
+                        });
                         if self.send(ReaderItem::Event(Box::new(event))).await.is_err() {
                             return Ok(());
                         }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::cdc::dispatch::DispatchItem;
-use crate::cdc::event::{ChangeEvent, OpType};
+use crate::cdc::event::{ChangeEvent, MemoryBudget, OpType};
 use crate::error::{DUPLICATE_KEY, WorkerError};
 use crate::mongo::{self, Clusters};
 
@@ -281,6 +281,7 @@ pub struct Drainer {
     pub dispatched: watch::Sender<u64>,
     pub dispatch: mpsc::Sender<DispatchItem>,
     pub batch: usize,
+    pub budget: MemoryBudget,
 }
 
 impl Drainer {
@@ -290,7 +291,8 @@ impl Drainer {
             let end = self.positions.borrow_and_update().next_seq;
             if self.next < end {
                 let entries = self.spool.read(self.next, end, self.batch).await?;
-                for (seq, event) in entries {
+                for (seq, mut event) in entries {
+                    event.held = Some(self.budget.hold(event.size()).await?);
                     self.dispatch
                         .send(DispatchItem::Event { seq, event: Box::new(event), live: false })
                         .await

@@ -228,6 +228,11 @@ impl Harness {
     /// Claims the task (taking it over from any previous holder) and runs it from the stored
     /// checkpoint.
     pub async fn run(&self) -> Running {
+        self.run_with_budget(None).await
+    }
+
+    /// [`Harness::run`] with a memory budget other than the default.
+    pub async fn run_with_budget(&self, memory_budget_bytes: Option<usize>) -> Running {
         let claim_key = self.keys.claim(self.task_id);
         let previous = self.token.lock().unwrap().take();
         if let Some(old) = previous {
@@ -263,7 +268,13 @@ impl Harness {
             migration: self.migration.clone(),
         };
         let task = self.task.clone();
-        let handle = tokio::spawn(async move { clustersync_worker::cdc::run_change_stream(&context, &task).await });
+        let handle = tokio::spawn(async move {
+            let mut options = clustersync_worker::cdc::EngineOptions::new(&context);
+            if let Some(bytes) = memory_budget_bytes {
+                options.memory_budget_bytes = bytes;
+            }
+            clustersync_worker::cdc::run_change_stream_with(&context, &task, options).await
+        });
         Running { handle, cancel, counters }
     }
 
