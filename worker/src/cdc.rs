@@ -22,7 +22,9 @@
 //!                                                 └─▶ watermark ─▶ checkpoint (fenced)
 //! ```
 //!
-//! Every stage hands on through a bounded channel (backpressure up to the stream). Checkpoints
+//! Every stage hands on through a bounded channel (backpressure up to the stream), and events
+//! hold their bytes of a memory budget until spooled or applied, so large documents cannot
+//! exhaust memory. Checkpoints
 //! only ever cover what is durably spooled or applied in order, so a crash anywhere loses nothing
 //! and re-applies a little, harmlessly (every write is idempotent). Layout:
 //!
@@ -33,7 +35,7 @@
 //! - [`apply`]: event → idempotent writes, the appliers, repair by lookup.
 //! - [`ddl`]: what DDL events mean for the destination.
 //! - [`watermark`]: the applied-in-order position.
-//! - [`event`]: change events, relevance, routing keys.
+//! - [`event`]: change events, relevance, routing keys, fragments, the memory budget.
 
 pub mod apply;
 pub mod ddl;
