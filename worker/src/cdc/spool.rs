@@ -169,7 +169,7 @@ impl Spool {
         .await
     }
 
-    /// Reads the entries `[from, to)` in order, at most [`MAX_READ_BYTES`] (always at least one).
+    /// Reads the entries `[from, to)` in order, at most 32 MB of them (always at least one).
     pub async fn read(&self, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, ChangeEvent)>, WorkerError> {
         let context = self.context("read from");
         let mut attempts = 0;
