@@ -101,7 +101,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // On SIGINT or SIGTERM the run is dropped, which kills every child process it started.
+    let interrupted = async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            _ = interrupted => Err(anyhow::anyhow!("interrupted; child processes stopped")),
+        }
+    });
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -244,6 +258,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     source.stop().await;
+    let mut machine = machine;
+    machine.load_average_end = report::load_average();
 
     let results = Results {
         size: format!("{:?}", args.size).to_lowercase(),
@@ -272,7 +288,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ("raw scan", results.raw_scan.as_ref().err()),
         ("baseline", results.baseline.as_ref().err()),
         ("clustersync", results.sync.as_ref().err()),
+        ("clustersync change application", results.sync.as_ref().ok().and_then(|s| s.cdc_error.as_ref())),
+        ("clustersync commit", results.sync.as_ref().ok().and_then(|s| s.commit_error.as_ref())),
         ("clustersync (smaller data set)", results.sync_small.as_ref().err().filter(|e| !e.starts_with("not run"))),
+        (
+            "clustersync commit (smaller data set)",
+            results.sync_small.as_ref().ok().and_then(|s| s.commit_error.as_ref()),
+        ),
     ] {
         if let Some(error) = failed {
             say(format!("{name} failed: {error}"));

@@ -58,6 +58,15 @@ pub struct Machine {
     pub os: String,
     /// `git rev-parse --short HEAD` of the tree, if known.
     pub commit: Option<String>,
+    /// 1-minute load average when the run started (other work on the machine skews figures).
+    pub load_average_start: Option<f64>,
+    /// 1-minute load average when the run ended.
+    pub load_average_end: Option<f64>,
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 impl Machine {
@@ -93,6 +102,8 @@ impl Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             os,
             commit,
+            load_average_start: load_average(),
+            load_average_end: None,
         }
     }
 }
@@ -114,6 +125,8 @@ pub struct Target {
     pub met: Option<bool>,
     /// How far from the bound, relative to it: positive = better than needed.
     pub margin: Option<f64>,
+    /// Why it was not measured, if it was not.
+    pub note: Option<String>,
 }
 
 impl Target {
@@ -136,7 +149,14 @@ impl Target {
             }
             _ => (None, None),
         };
-        Target { name: name.to_string(), measured, comparison, threshold, unit, met, margin }
+        Target { name: name.to_string(), measured, comparison, threshold, unit, met, margin, note: None }
+    }
+
+    fn with_note(mut self, note: Option<String>) -> Target {
+        if self.measured.is_none() {
+            self.note = note;
+        }
+        self
     }
 
     fn verdict(&self) -> String {
@@ -145,7 +165,10 @@ impl Target {
             (Some(false), Some(margin)) => format!("**missed** (by {:.0}%)", -margin * 100.0),
             (Some(true), None) => "met".into(),
             (Some(false), None) => "**missed**".into(),
-            (None, _) => "not measured".into(),
+            (None, _) => match &self.note {
+                Some(note) => format!("not measured: {note}"),
+                None => "not measured".into(),
+            },
         }
     }
 }
@@ -216,10 +239,24 @@ impl Results {
         let peak = |run: &Outcome<SyncRun>| {
             run.as_ref()
                 .ok()
+                .filter(|run| run.commit_error.is_none())
                 .and_then(|run| run.memory.get("verify").or(run.memory.get("commit")))
                 .map(|m| m.peak_rss_mib)
         };
         peak(&self.sync).zip(peak(&self.sync_small)).and_then(|(large, small)| ratio(large, small)).map(|r| r - 1.0)
+    }
+
+    fn verification_problem(&self) -> Option<String> {
+        [&self.sync_small, &self.sync].into_iter().find_map(|run| match run {
+            Ok(run) => run.commit_error.as_ref().map(|e| {
+                format!(
+                    "verification did not finish at {} documents ({})",
+                    run.documents,
+                    e.lines().next().unwrap_or("")
+                )
+            }),
+            Err(e) => Some(format!("run failed: {}", e.lines().next().unwrap_or(""))),
+        })
     }
 
     /// The targets of the issue, evaluated on this run.
@@ -252,7 +289,8 @@ impl Results {
                 "<",
                 0.2,
                 "× (growth)",
-            ),
+            )
+            .with_note(self.verification_problem()),
         ]
     }
 
@@ -294,8 +332,9 @@ impl Results {
             ("cdc-max-rate", (|s: &SyncRun| s.cdc_max.clone()) as fn(&SyncRun) -> Option<CdcFigures>),
             ("cdc-half-rate", |s: &SyncRun| s.cdc_half.clone()),
         ] {
-            let figures =
-                self.sync.as_ref().map_err(Clone::clone).and_then(|s| pick(s).ok_or_else(|| "not run".into()));
+            let figures = self.sync.as_ref().map_err(Clone::clone).and_then(|s| {
+                pick(s).ok_or_else(|| s.cdc_error.clone().unwrap_or_else(|| "not run: no load phase".into()))
+            });
             let mut ratios = Map::new();
             let mut extra = Map::new();
             if let Ok(f) = &figures {
@@ -329,6 +368,10 @@ impl Results {
                 figures.insert("copy_docs_per_sec".into(), json!(round(run.copy.docs_per_sec(), 0)));
                 figures.insert("verify_seconds".into(), json!(round(run.verify_seconds, 2)));
                 figures.insert("commit_seconds".into(), json!(round(run.commit_seconds, 2)));
+                figures.insert("committed".into(), json!(run.commit_error.is_none()));
+                if let Some(error) = &run.commit_error {
+                    figures.insert("commit_error".into(), json!(error));
+                }
                 for (phase, memory) in &run.memory {
                     figures.insert(format!("{phase}_peak_rss_mib"), json!(round(memory.peak_rss_mib, 1)));
                     figures.insert(format!("{phase}_start_rss_mib"), json!(round(memory.start_rss_mib, 1)));
@@ -398,15 +441,18 @@ impl Results {
             self.documents,
             self.bytes as f64 / 1048576.0
         );
+        let load = |l: Option<f64>| l.map_or("?".into(), |l| format!("{l:.2}"));
         let _ = writeln!(
             out,
-            "Machine: {} cores ({}), {:.1} GiB RAM, Linux {}, {}{}.  ",
+            "Machine: {} cores ({}), {:.1} GiB RAM, Linux {}, {}{}; load average {} at the start, {} at the end.  ",
             m.cores,
             m.cpu,
             m.memory_gib,
             m.kernel,
             m.os,
-            m.commit.as_ref().map(|c| format!(", commit {c}")).unwrap_or_default()
+            m.commit.as_ref().map(|c| format!(", commit {c}")).unwrap_or_default(),
+            load(m.load_average_start),
+            load(m.load_average_end),
         );
         let _ = writeln!(out, "clustersync worker settings ({}): `{}`\n", self.settings_source, self.settings);
 
@@ -481,7 +527,8 @@ impl Results {
                             );
                         }
                         None => {
-                            let _ = writeln!(out, "| {name} | not run | | | | | | | |");
+                            let why = sync.cdc_error.as_deref().map_or("not run".to_string(), cell);
+                            let _ = writeln!(out, "| {name} | {why} | | | | | | | |");
                         }
                     }
                 }
@@ -497,14 +544,20 @@ impl Results {
             }
         }
 
-        let _ = writeln!(out, "\n### Memory (peak RSS of the clustersync process, MiB)\n");
+        let _ = writeln!(
+            out,
+            "\n### Memory (peak RSS of the clustersync process, MiB; in brackets: growth within the phase)\n"
+        );
         let _ = writeln!(out, "| documents | copy | change application | commit (drain, restore) | verification |");
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
         for run in [&self.sync_small, &self.sync] {
             match run {
                 Ok(run) => {
-                    let peak =
-                        |phase: &str| run.memory.get(phase).map_or("–".into(), |m| format!("{:.0}", m.peak_rss_mib));
+                    let peak = |phase: &str| {
+                        run.memory.get(phase).map_or("–".into(), |m| {
+                            format!("{:.0} (+{:.0})", m.peak_rss_mib, m.peak_rss_mib - m.start_rss_mib)
+                        })
+                    };
                     let _ = writeln!(
                         out,
                         "| {} | {} | {} | {} | {} |",
@@ -512,7 +565,10 @@ impl Results {
                         peak("copy"),
                         peak("cdc"),
                         peak("commit"),
-                        peak("verify")
+                        match &run.commit_error {
+                            None => peak("verify"),
+                            Some(_) => format!("{}, did not finish", peak("verify")),
+                        }
                     );
                 }
                 Err(reason) => {

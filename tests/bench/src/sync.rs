@@ -57,8 +57,12 @@ pub struct SyncRun {
     pub cdc_max: Option<CdcFigures>,
     /// Change application at half the rate clustersync sustained.
     pub cdc_half: Option<CdcFigures>,
+    /// Why change application could not be measured, if it could not.
+    pub cdc_error: Option<String>,
     /// `/commit` until COMMITTED (drain, restore indexes, verification).
     pub commit_seconds: f64,
+    /// Why the commit did not reach COMMITTED, if it did not.
+    pub commit_error: Option<String>,
     /// Seconds the verifier was seen hashing.
     pub verify_seconds: f64,
     /// Peak memory per phase (`copy`, `cdc`, `commit`, `verify`).
@@ -186,64 +190,105 @@ async fn drive(
     }
     wait_progress(process, "canCommit", Duration::from_secs(300), |_| {}, |p| p["canCommit"] == true).await?;
 
+    say(format!(
+        "  copy: {} documents in {:.1} s ({:.0} docs/s)",
+        run.documents,
+        run.copy.seconds,
+        run.copy.docs_per_sec()
+    ));
+
     // Change application.
     let mut kept_workload = None;
     if let Some(plan) = load {
         sampler.phase(Some("cdc"));
-        let source_client = client(&source.uri(), plan.writers as u32 + 4).await?;
         let mut workload = Workload::new(layout, plan.writers);
-        let probe = Probe::start(&destination_client, &workload).await?;
-        let max = cdc_phase(process, &source_client, &mut workload, &probe, plan, None).await?;
-        let half_rate = max.applied_events_per_sec.min(max.source_writes_per_sec) / 2.0;
-        run.cdc_max = Some(max);
-        if half_rate > 0.0 {
-            run.cdc_half =
-                Some(cdc_phase(process, &source_client, &mut workload, &probe, plan, Some(half_rate)).await?);
+        let result = async {
+            let source_client = client(&source.uri(), plan.writers as u32 + 4).await?;
+            let probe = Probe::start(&destination_client, &workload).await?;
+            let max = cdc_phase(process, &source_client, &mut workload, &probe, plan, None).await?;
+            say(format!("  maximum rate: {}", summary(&max)));
+            let half_rate = max.applied_events_per_sec.min(max.source_writes_per_sec) / 2.0;
+            run.cdc_max = Some(max);
+            if half_rate > 0.0 {
+                let half = cdc_phase(process, &source_client, &mut workload, &probe, plan, Some(half_rate)).await?;
+                say(format!("  half rate: {}", summary(&half)));
+                run.cdc_half = Some(half);
+            }
+            if probe.unmatched() > 0 {
+                say(format!("  {} destination events matched no write of the generator", probe.unmatched()));
+            }
+            probe.stop().await
         }
-        if probe.unmatched() > 0 {
-            eprintln!("bench: {} destination events matched no write of the generator", probe.unmatched());
-        }
-        probe.stop().await?;
+        .await;
         sampler.phase(None);
+        if let Err(error) = result {
+            run.cdc_error = Some(format!("{error:#}"));
+            run.memory = sampler.finish();
+            return Ok((run, None));
+        }
         kept_workload = Some(workload);
     }
 
     // Commit, with verification.
     sampler.phase(Some("commit"));
-    process.post("commit", json!({})).await?;
     let started = Instant::now();
     let mut hashing_since: Option<Instant> = None;
     let mut hashing = Duration::ZERO;
-    wait_progress(
-        process,
-        "COMMITTED",
-        copy_timeout(run.documents),
-        |p| {
-            let now_hashing =
-                ["source", "destination"].iter().any(|side| p["verification"][side]["phase"] == "hashing");
-            match (now_hashing, hashing_since) {
-                (true, None) => {
-                    hashing_since = Some(Instant::now());
-                    sampler.phase(Some("verify"));
+    let committed = async {
+        process.post("commit", json!({})).await?;
+        wait_progress(
+            process,
+            "COMMITTED",
+            commit_timeout(run.documents),
+            |p| {
+                let now_hashing =
+                    ["source", "destination"].iter().any(|side| p["verification"][side]["phase"] == "hashing");
+                match (now_hashing, hashing_since) {
+                    (true, None) => {
+                        hashing_since = Some(Instant::now());
+                        sampler.phase(Some("verify"));
+                    }
+                    (false, Some(since)) => {
+                        hashing += since.elapsed();
+                        hashing_since = None;
+                        sampler.phase(Some("commit"));
+                    }
+                    _ => {}
                 }
-                (false, Some(since)) => {
-                    hashing += since.elapsed();
-                    hashing_since = None;
-                    sampler.phase(Some("commit"));
-                }
-                _ => {}
-            }
-        },
-        |p| p["state"] == "COMMITTED",
-    )
-    .await?;
+            },
+            |p| p["state"] == "COMMITTED",
+        )
+        .await
+    }
+    .await;
     if let Some(since) = hashing_since {
         hashing += since.elapsed();
     }
     run.commit_seconds = started.elapsed().as_secs_f64();
     run.verify_seconds = hashing.as_secs_f64();
+    run.commit_error = committed.err().map(|error| format!("{error:#}"));
     run.memory = sampler.finish();
+    match &run.commit_error {
+        None => say(format!("  commit: {:.1} s (verification {:.1} s)", run.commit_seconds, run.verify_seconds)),
+        Some(error) => say(format!("  commit failed after {:.1} s: {error}", run.commit_seconds)),
+    }
     Ok((run, kept_workload))
+}
+
+fn say(message: String) {
+    eprintln!("bench: {message}");
+}
+
+fn summary(f: &CdcFigures) -> String {
+    format!(
+        "{:.0} writes/s, {:.0} applied/s, lag p50 {:?} ms p99 {:?} ms, converged {:?} s",
+        f.source_writes_per_sec, f.applied_events_per_sec, f.lag_p50_ms, f.lag_p99_ms, f.converge_seconds
+    )
+}
+
+/// How long `/commit` may take: verification reads everything on both sides.
+fn commit_timeout(documents: u64) -> Duration {
+    Duration::from_secs(120 + documents / 2000)
 }
 
 /// One load phase: run the generator, then wait until the destination shows every write.
