@@ -425,6 +425,71 @@ mod tests {
         assert!(parse(&["--etcd", "e1:2379"]).is_err());
     }
 
+    fn ctl_of(cli: &Cli) -> &CtlArgs {
+        match &cli.command {
+            Some(Command::Ctl(args)) => args,
+            other => panic!("not a ctl command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_takes_its_own_commands_and_no_cluster_flags() {
+        let cli = parse(&["ctl", "progress", "--watch", "--interval", "250"]).unwrap();
+        let ctl = ctl_of(&cli);
+        assert_eq!(ctl.timeout_seconds, 60);
+        match &ctl.command {
+            CtlCommand::Progress(progress) => assert!(progress.watch && !progress.json && progress.interval_ms == 250),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cli.parts().0, Mode::Single, "ctl runs no role");
+
+        // --address is global: before or after the command.
+        let cli = parse(&["ctl", "pause", "--address", "10.0.0.1:27183"]).unwrap();
+        assert_eq!(ctl_of(&cli).address, "10.0.0.1:27183");
+        assert!(matches!(ctl_of(&cli).command, CtlCommand::Pause));
+        let cli = parse(&["ctl", "--address", "http://h:1", "commit"]).unwrap();
+        assert_eq!(ctl_of(&cli).address, "http://h:1");
+
+        let cli = parse(&[
+            "ctl",
+            "start",
+            "--source",
+            "cluster1",
+            "--build-indexes",
+            "never",
+            "--write-blocking",
+            "none",
+            "--include",
+            "a.b",
+            "--include",
+            "c",
+            "--exclude",
+            "c.tmp",
+            "--no-verification",
+        ])
+        .unwrap();
+        match &ctl_of(&cli).command {
+            CtlCommand::Start(start) => {
+                assert_eq!(start.source.as_deref(), Some("cluster1"));
+                assert_eq!(start.include, ["a.b", "c"]);
+                assert!(start.no_verification && !start.reversible && start.json.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+
+        for bad in [
+            &["ctl", "start", "--json", "-", "--reversible"][..],
+            &["ctl", "start", "--build-indexes", "later"],
+            &["ctl", "start", "--source", "cluster2"],
+            &["ctl", "progress", "--interval", "5"],
+            &["ctl", "--cluster0", "mongodb://a", "progress"],
+            &["ctl"],
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}: {error}");
+        }
+    }
+
     #[test]
     fn disclaimer_needs_a_terminal_or_the_flag() {
         let mut output = Vec::new();

@@ -694,7 +694,10 @@ impl Config {
         if self.mode.runs_coordinator() && self.port != 0 && self.port == self.grpc_port {
             return Err(self.invalid(
                 "grpcPort",
-                format!("the gRPC API cannot share port {} with the REST API (port); choose another grpcPort", self.port),
+                format!(
+                    "the gRPC API cannot share port {} with the REST API (port); choose another grpcPort",
+                    self.port
+                ),
             ));
         }
 
@@ -1082,6 +1085,109 @@ mod tests {
         let config = Config::load(Mode::Worker, &flags, &["flag:2379".to_string()], &env).unwrap();
         assert_eq!(config.etcd.endpoints, ["flag:2379"]);
         assert_eq!(config.origin("etcd.endpoints"), Origin::Flag("--etcd"));
+    }
+
+    #[tokio::test]
+    async fn the_grpc_port_follows_the_same_precedence_and_differs_from_the_rest_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, &format!("cluster0: {URI0}\ncluster1: {URI1}\ngrpcPort: 4444\n"));
+        let file_arg = file.to_str().unwrap();
+        let config =
+            Config::load(Mode::Single, &args(&["--cluster0", URI0, "--cluster1", URI1]), &[], &env_of(&[])).unwrap();
+        assert_eq!(config.grpc_port, DEFAULT_GRPC_PORT);
+        assert_eq!(config.origin("grpcPort"), Origin::Default);
+        let config = Config::load(Mode::Single, &args(&["--config", file_arg]), &[], &env_of(&[])).unwrap();
+        assert_eq!(config.grpc_port, 4444);
+        let env = env_of(&[(env::GRPC_PORT, "0")]);
+        let config = Config::load(Mode::Single, &args(&["--config", file_arg]), &[], &env).unwrap();
+        assert_eq!(config.grpc_port, 0, "env beats the file; 0 picks a free port");
+        assert_eq!(config.origin("grpcPort"), Origin::Env(env::GRPC_PORT));
+        let config =
+            Config::load(Mode::Single, &args(&["--config", file_arg, "--grpcPort", "5555"]), &[], &env).unwrap();
+        assert_eq!(config.grpc_port, 5555);
+        assert_eq!(config.origin("grpcPort"), Origin::Flag("--grpcPort"));
+
+        let message =
+            Config::load(Mode::Single, &args(&["--config", file_arg]), &[], &env_of(&[(env::GRPC_PORT, "x")]))
+                .unwrap_err()
+                .to_string();
+        assert!(message.contains("grpcPort") && message.contains(env::GRPC_PORT), "{message}");
+        let file = write_file(&dir, &format!("cluster0: {URI0}\ncluster1: {URI1}\ngrpcPort: 70000\n"));
+        let message = Config::load(Mode::Single, &args(&["--config", file.to_str().unwrap()]), &[], &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("grpcPort in") && message.contains("70000"), "{message}");
+
+        let mut config = Config::for_test(URI0, URI1);
+        config.port = 27182;
+        config.grpc_port = 27182;
+        let message = config.validate().await.unwrap_err().to_string();
+        assert!(message.contains("grpcPort") && message.contains("share port 27182"), "{message}");
+        config.mode = Mode::Worker;
+        config.etcd.endpoints = vec!["e:2379".into()];
+        config.validate().await.unwrap();
+    }
+
+    /// The example files under `deploy/config/` load and validate, commented-out keys included.
+    #[tokio::test]
+    async fn the_deploy_examples_load_and_validate() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
+        let uris = [(env::CLUSTER0, URI0), (env::CLUSTER1, URI1)];
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [
+            ("single-process.example.yaml", Mode::Single),
+            ("coordinator.example.yaml", Mode::Coordinator),
+            ("worker.example.yaml", Mode::Worker),
+        ] {
+            let path = examples.join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            // Also check the keys that are commented out (credentials): uncomment them.
+            let uncommented: String = text
+                .lines()
+                .map(|line| {
+                    let trimmed = line.trim_start();
+                    let indent = &line[..line.len() - trimmed.len()];
+                    match trimmed.strip_prefix("# ") {
+                        Some(rest)
+                            if ["cluster0:", "cluster1:", "username:", "password:"]
+                                .iter()
+                                .any(|key| rest.starts_with(key)) =>
+                        {
+                            format!("{indent}{rest}\n")
+                        }
+                        _ => format!("{line}\n"),
+                    }
+                })
+                .collect();
+            for (variant, text) in [("as shipped", text.clone()), ("uncommented", uncommented)] {
+                let copy = dir.path().join(name);
+                // Paths in the examples are absolute production paths; point them at the tempdir.
+                let text = text.replace("/var/log/clustersync", &dir.path().join("logs").display().to_string());
+                std::fs::write(&copy, &text).unwrap();
+                // Uncommented, the URIs must come from the file itself (the environment would win).
+                let env = if variant == "uncommented" { env_of(&[]) } else { env_of(&uris) };
+                let config = Config::load(mode, &args(&["--config", copy.to_str().unwrap()]), &[], &env)
+                    .unwrap_or_else(|error| panic!("{name} ({variant}): {error}"));
+                config.validate().await.unwrap_or_else(|error| panic!("{name} ({variant}): {error}"));
+                assert_eq!(config.port, DEFAULT_PORT, "{name}");
+                assert_eq!(config.grpc_port, DEFAULT_GRPC_PORT, "{name}");
+                assert_eq!(config.worker.partition_bytes, WorkerSettings::default().partition_bytes, "{name}");
+                if mode == Mode::Single {
+                    assert!(!config.uses_etcd(), "{name}");
+                    assert_eq!(config.worker, WorkerSettings::default(), "{name}: the documented defaults");
+                } else {
+                    assert_eq!(config.etcd.endpoints.len(), 3, "{name}");
+                    assert_eq!(config.etcd.lease_ttl, time_constants::DEFAULT_LEASE_TTL, "{name}");
+                }
+                if mode == Mode::Worker {
+                    assert_eq!(config.worker, WorkerSettings::default(), "{name}: the documented defaults");
+                }
+                if variant == "uncommented" && mode != Mode::Single {
+                    assert!(config.cluster0.contains("password@"), "{name}: the commented URIs were checked");
+                    assert_eq!(config.etcd.username.as_deref(), Some("clustersync"), "{name}");
+                }
+            }
+        }
     }
 
     #[test]
