@@ -21,10 +21,12 @@
 //!
 //! # Modules
 //!
-//! - [`data`]: the data set. [`copy`]: raw rates and the baseline copier. [`load`]: load
+//! - [`data`]: the data set. [`copy`]: raw rates and the baseline copier. [`compare`]: an
+//!   independent comparison of a collection the verifier says differs. [`load`]: load
 //!   generator and lag probe. [`procs`]: child processes and RSS sampling. [`sync`]: clustersync
 //!   runs through its REST API. [`report`]: tables, JSON and targets.
 
+mod compare;
 mod copy;
 mod data;
 mod load;

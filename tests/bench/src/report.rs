@@ -372,6 +372,9 @@ impl Results {
                 if let Some(error) = &run.commit_error {
                     figures.insert("commit_error".into(), json!(error));
                 }
+                if let Some(check) = &run.verification_check {
+                    figures.insert("verification_check".into(), json!(check));
+                }
                 for (phase, memory) in &run.memory {
                     figures.insert(format!("{phase}_peak_rss_mib"), json!(round(memory.peak_rss_mib, 1)));
                     figures.insert(format!("{phase}_start_rss_mib"), json!(round(memory.start_rss_mib, 1)));
@@ -577,6 +580,21 @@ impl Results {
             }
         }
 
+        for run in [&self.sync_small, &self.sync].into_iter().filter_map(|run| run.as_ref().ok()) {
+            if let Some(error) = &run.commit_error {
+                let _ = writeln!(
+                    out,
+                    "\nThe commit at {} documents did not complete after {:.0} s: {}",
+                    run.documents,
+                    run.commit_seconds,
+                    error.lines().next().unwrap_or("")
+                );
+                if let Some(check) = &run.verification_check {
+                    let _ = writeln!(out, "The bench's {}.", check.summary());
+                }
+            }
+        }
+
         let _ = writeln!(out, "\n### Scaling (distributed mode: etcd, 1 coordinator, N workers)\n");
         let _ = writeln!(out, "| workers | seconds | docs/s | MiB/s | vs 1 worker |");
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
@@ -641,7 +659,7 @@ mod tests {
         assert!((t.margin.unwrap() - 0.25).abs() < 1e-9);
         let t = Target::new("x", Some(3.0), "<=", 2.0, "s");
         assert_eq!(t.met, Some(false));
-        assert!(t.verdict().contains("missed (by 50%)"));
+        assert!(t.verdict().contains("**missed** (by 50%)"), "{}", t.verdict());
         let t = Target::new("x", None, "<", 0.2, "×");
         assert_eq!(t.met, None);
     }

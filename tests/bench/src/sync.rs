@@ -16,6 +16,7 @@ use mongodb::Client;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::compare::{self, Comparison};
 use crate::copy::Rate;
 use crate::data::{self, Layout};
 use crate::load::{CdcFigures, Probe, Workload, figures};
@@ -63,6 +64,8 @@ pub struct SyncRun {
     pub commit_seconds: f64,
     /// Why the commit did not reach COMMITTED, if it did not.
     pub commit_error: Option<String>,
+    /// When the verifier reported a difference: the bench's own comparison of that collection.
+    pub verification_check: Option<Comparison>,
     /// Seconds the verifier was seen hashing.
     pub verify_seconds: f64,
     /// Peak memory per phase (`copy`, `cdc`, `commit`, `verify`).
@@ -268,6 +271,21 @@ async fn drive(
     run.verify_seconds = hashing.as_secs_f64();
     run.commit_error = committed.err().map(|error| format!("{error:#}"));
     run.memory = sampler.finish();
+    if run.commit_error.is_some()
+        && let Ok(progress) = process.progress().await
+        && progress["error"] == "VerificationFailed"
+        && let Some(namespace) = progress["errorNamespace"].as_str()
+    {
+        say(format!("  verification reported a difference in {namespace}; comparing it independently"));
+        let source_client = connect(&source.uri()).await?;
+        match compare::collection(&source_client, &destination_client, namespace).await {
+            Ok(comparison) => {
+                say(format!("  {}", comparison.summary()));
+                run.verification_check = Some(comparison);
+            }
+            Err(error) => say(format!("  the independent comparison failed: {error:#}")),
+        }
+    }
     match &run.commit_error {
         None => say(format!("  commit: {:.1} s (verification {:.1} s)", run.commit_seconds, run.verify_seconds)),
         Some(error) => say(format!("  commit failed after {:.1} s: {error}", run.commit_seconds)),
