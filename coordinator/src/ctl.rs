@@ -287,7 +287,7 @@ async fn watch(client: &mut PbControlClient<Channel>, address: &str, args: &CtlP
     let mut stream =
         client.watch_progress(request).await.map_err(|status| CtlError::from_status(address, &status))?.into_inner();
     let mut display = (!args.json).then(render::WatchDisplay::new);
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = interrupt_signal();
     tokio::pin!(interrupted);
     let outcome = loop {
         let message = tokio::select! {
@@ -316,6 +316,30 @@ async fn watch(client: &mut PbControlClient<Channel>, address: &str, args: &CtlP
         display.finish(outcome.as_ref().err());
     }
     outcome
+}
+
+/// Resolves on Ctrl-C (SIGINT). The handler is installed by this call, not on the first poll,
+/// so an interrupt is caught even before the returned future is first polled.
+fn interrupt_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        async move {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                // Without a handler the default action (terminate) applies.
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,49 +436,58 @@ impl NamePart {
 ///
 /// [`CtlError::Usage`] naming the flag and the value.
 pub fn namespace_filters(flag: &str, values: &[String]) -> Result<Vec<Value>, CtlError> {
+    /// One filter entry being built.
+    struct Entry {
+        database: NamePart,
+        /// `None`: every collection (or only those of `collections_regex`).
+        collections: Option<Vec<String>>,
+        /// `(pattern, options)`.
+        collections_regex: Option<(String, String)>,
+    }
     // Entries in the order their database first appears; whole-database entries absorb the
     // collections of the same database.
-    let mut entries: Vec<(NamePart, Option<Vec<String>>, Option<(String, String)>)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     for value in values {
         let (database, collection) = parse_namespace(value)
             .map_err(|reason| CtlError::Usage { reason: format!("invalid {flag} {value:?}: {reason}") })?;
+        let same_database = |entry: &Entry| entry.database == database && entry.collections_regex.is_none();
         match collection {
             None => {
-                entries.retain(|(existing, _, regex)| !(existing == &database && regex.is_none()));
-                entries.push((database, None, None));
+                entries.retain(|entry| !same_database(entry));
+                entries.push(Entry { database, collections: None, collections_regex: None });
             }
-            Some(NamePart::Name(collection)) => {
-                let existing = entries.iter_mut().find(|(existing, _, regex)| existing == &database && regex.is_none());
-                match existing {
-                    Some((_, None, _)) => {} // the whole database is already in
-                    Some((_, Some(collections), _)) => {
-                        if !collections.contains(&collection) {
-                            collections.push(collection);
-                        }
+            Some(NamePart::Name(collection)) => match entries.iter_mut().find(|entry| same_database(entry)) {
+                // The whole database is already in.
+                Some(Entry { collections: None, .. }) => {}
+                Some(Entry { collections: Some(collections), .. }) => {
+                    if !collections.contains(&collection) {
+                        collections.push(collection);
                     }
-                    None => entries.push((database, Some(vec![collection]), None)),
                 }
+                None => entries.push(Entry { database, collections: Some(vec![collection]), collections_regex: None }),
+            },
+            Some(NamePart::Regex { pattern, options }) => {
+                entries.push(Entry { database, collections: None, collections_regex: Some((pattern, options)) })
             }
-            Some(NamePart::Regex { pattern, options }) => entries.push((database, None, Some((pattern, options)))),
         }
     }
     Ok(entries
         .into_iter()
-        .map(|(database, collections, regex)| {
-            let mut entry = Map::new();
-            match database {
-                NamePart::Name(name) => entry.insert("database".into(), name.into()),
+        .map(|entry| {
+            let mut object = Map::new();
+            match entry.database {
+                NamePart::Name(name) => object.insert("database".into(), name.into()),
                 NamePart::Regex { pattern, options } => {
-                    entry.insert("databaseRegex".into(), NamePart::regex_json(&pattern, &options))
+                    object.insert("databaseRegex".into(), NamePart::regex_json(&pattern, &options))
                 }
             };
-            if let Some(collections) = collections {
-                entry.insert("collections".into(), collections.into());
+            if let Some(collections) = entry.collections {
+                object.insert("collections".into(), collections.into());
             }
-            if let Some((pattern, options)) = regex {
-                entry.insert("collectionsRegex".into(), NamePart::regex_json(&pattern, &options));
+            if let Some((pattern, options)) = entry.collections_regex {
+                object.insert("collectionsRegex".into(), NamePart::regex_json(&pattern, &options));
             }
-            Value::Object(entry)
+            Value::Object(object)
         })
         .collect())
 }
