@@ -1,9 +1,10 @@
 //! How `clustersync ctl progress` shows a report: [`summary`] for one report, and
 //! [`WatchDisplay`] for `--watch`.
 //!
-//! On a terminal, `--watch` draws live bars on stderr (indicatif): the state line, the bytes
-//! copied over the estimated total, one bar per collection still copying (the first
-//! [`MAX_COLLECTION_BARS`]), and lines for the change streams, verification and the fleet.
+//! On a terminal, `--watch` draws live bars on stderr (indicatif), each line fitting 80 columns:
+//! the state line, the bytes copied over the estimated total, one bar per collection (those
+//! still copying first, at most [`MAX_COLLECTION_BARS`]), and lines for the change streams,
+//! verification and the fleet.
 //! When stderr is not a terminal (a pipe, CI, a test) it prints one plain line on stdout each
 //! time the headline changes, so logs stay readable.
 
@@ -248,6 +249,59 @@ pub fn one_line(progress: &Progress) -> String {
     text
 }
 
+/// The change-stream line of the live display: `live · 1 task · lag 0s · 12 applied · 3 spooled`.
+fn compact_change_stream(progress: &Progress) -> String {
+    let Some(stream) = &progress.change_stream else {
+        return "-".into();
+    };
+    let mut text = format!(
+        "{} · {} · lag {} · {} applied · {} spooled",
+        stream.stage.map_or("not started", stage_name),
+        plural(u64::from(stream.tasks), "task", "tasks"),
+        lag_text(progress),
+        stream.events_applied,
+        stream.events_spooled
+    );
+    if stream.repairs > 0 {
+        write!(text, " · {}", plural(stream.repairs, "repair", "repairs")).unwrap_or_default();
+    }
+    text
+}
+
+/// The verification line of the live display: `hashing · source 10/40 · destination 9 · 1/2 collections`.
+fn compact_verification(progress: &Progress) -> String {
+    let Some(verification) = &progress.verification else {
+        return "-".into();
+    };
+    let (source, destination) = (&verification.source, &verification.destination);
+    if source.phase == crate::progress::verification_phase::DISABLED {
+        return "disabled".into();
+    }
+    format!(
+        "{} · source {}/{} · destination {} · {}/{} collections",
+        source.phase,
+        source.hashed_document_count,
+        source.estimated_document_count,
+        destination.hashed_document_count,
+        source.scanned_collection_count,
+        source.total_collection_count
+    )
+}
+
+/// Width of the namespace column of the live display.
+const NAMESPACE_COLUMNS: usize = 18;
+
+/// `text` in at most `width` characters: its end, after an ellipsis, when too long (the end of a
+/// namespace tells collections apart better than its start).
+fn keep_end(text: &str, width: usize) -> String {
+    let length = text.chars().count();
+    if length <= width {
+        return text.to_string();
+    }
+    let tail: String = text.chars().skip(length - (width - 1)).collect();
+    format!("…{tail}")
+}
+
 /// The live display of `progress --watch`.
 pub struct WatchDisplay {
     /// Bars on a terminal; `None` prints plain lines instead.
@@ -260,8 +314,10 @@ struct Bars {
     multi: MultiProgress,
     state: ProgressBar,
     copy: ProgressBar,
+    /// One bar per shown collection, right after `copy`.
     collections: Vec<ProgressBar>,
-    more: ProgressBar,
+    /// "... and N more collections", only while some are not shown.
+    more: Option<ProgressBar>,
     change_stream: ProgressBar,
     verification: ProgressBar,
     fleet: ProgressBar,
@@ -294,13 +350,21 @@ impl WatchDisplay {
         state.set_style(style("{spinner:.green} {wide_msg:.bold}"));
         state.enable_steady_tick(Duration::from_millis(120));
         let copy = multi.add(ProgressBar::new(1));
-        copy.set_style(style("  copy           [{bar:40.cyan/blue}] {bytes}/{total_bytes} ({percent}%) {msg}"));
-        let more = text_line(&multi);
+        copy.set_style(style("  copy    [{bar:30.cyan/blue}] {percent:>3}% {bytes}/{total_bytes}"));
         let change_stream = text_line(&multi);
         let verification = text_line(&multi);
         let fleet = text_line(&multi);
         WatchDisplay {
-            bars: Some(Bars { multi, state, copy, collections: Vec::new(), more, change_stream, verification, fleet }),
+            bars: Some(Bars {
+                multi,
+                state,
+                copy,
+                collections: Vec::new(),
+                more: None,
+                change_stream,
+                verification,
+                fleet,
+            }),
             last_line: String::new(),
         }
     }
@@ -315,9 +379,10 @@ impl WatchDisplay {
             }
             return;
         };
+        // `RUNNING (running: change event application) · canCommit yes · canWrite no`: 80 columns.
         bars.state.set_message(format!(
-            "{} · can commit: {} · can write: {}",
-            headline_state(progress),
+            "{} · canCommit {} · canWrite {}",
+            headline_state(progress).replacen("(phase ", "(", 1),
             yes_no(progress.can_commit),
             progress.can_write.map_or("-", yes_no)
         ));
@@ -336,8 +401,9 @@ impl WatchDisplay {
             .take(MAX_COLLECTION_BARS)
             .collect();
         while bars.collections.len() < shown.len() {
-            let bar = bars.multi.insert_before(&bars.more, ProgressBar::new(1));
-            bar.set_style(style("  {prefix:<24!} [{bar:30.green/white}] {bytes}/{total_bytes} {msg}"));
+            let previous = bars.collections.last().unwrap_or(&bars.copy);
+            let bar = bars.multi.insert_after(previous, ProgressBar::new(1));
+            bar.set_style(style("    {prefix:<18} [{bar:16.green/white}] {percent:>3}% {bytes:>10} {msg}"));
             bars.collections.push(bar);
         }
         while bars.collections.len() > shown.len() {
@@ -346,32 +412,36 @@ impl WatchDisplay {
             }
         }
         for (bar, collection) in bars.collections.iter().zip(&shown) {
-            bar.set_prefix(collection.namespace.clone());
+            bar.set_prefix(keep_end(&collection.namespace, NAMESPACE_COLUMNS));
             bar.set_length(collection.estimated_total_bytes.max(collection.estimated_copied_bytes).max(1));
             bar.set_position(collection.estimated_copied_bytes);
             bar.set_message(format!(
-                "{} · {}/{} partitions",
+                "{} · {}/{}",
                 plural(collection.documents_copied, "doc", "docs"),
                 collection.partitions_done,
                 collection.partitions
             ));
         }
-        bars.more.set_message(if collections.len() > shown.len() {
-            format!("  ... and {} more collections", collections.len() - shown.len())
-        } else {
-            String::new()
-        });
-        bars.change_stream.set_message(format!(
-            "  change stream  {} · lag {} · {} events applied",
-            change_stream_text(progress).unwrap_or_else(|| "-".into()),
-            lag_text(progress),
-            progress.total_events_applied.unwrap_or(0)
-        ));
-        bars.verification
-            .set_message(format!("  verification   {}", verification_text(progress).unwrap_or_else(|| "-".into())));
+        let hidden = collections.len() - shown.len();
+        match (&bars.more, hidden) {
+            (Some(more), 0) => {
+                bars.multi.remove(more);
+                bars.more = None;
+            }
+            (Some(more), hidden) => more.set_message(format!("    ... and {hidden} more collections")),
+            (None, 0) => {}
+            (None, hidden) => {
+                let more = bars.multi.insert_after(bars.collections.last().unwrap_or(&bars.copy), ProgressBar::new(0));
+                more.set_style(style("{wide_msg}"));
+                more.set_message(format!("    ... and {hidden} more collections"));
+                bars.more = Some(more);
+            }
+        }
+        bars.change_stream.set_message(format!("  stream  {}", compact_change_stream(progress)));
+        bars.verification.set_message(format!("  verify  {}", compact_verification(progress)));
         bars.fleet.set_message(match &progress.fleet {
             Some(fleet) => format!(
-                "  fleet          {} · leader {} · {} held",
+                "  fleet   {} · leader {} · {} held",
                 plural(fleet.instances.len() as u64, "instance", "instances"),
                 fleet.leader.as_deref().unwrap_or("none elected"),
                 plural(fleet.instances.iter().map(|i| i.tasks.len() as u64).sum(), "task", "tasks")
@@ -384,9 +454,10 @@ impl WatchDisplay {
     pub fn finish(self, error: Option<&CtlError>) {
         if let Some(bars) = self.bars {
             bars.state.disable_steady_tick();
-            for bar in [&bars.state, &bars.copy, &bars.more, &bars.change_stream, &bars.verification, &bars.fleet]
+            for bar in [&bars.state, &bars.copy, &bars.change_stream, &bars.verification, &bars.fleet]
                 .into_iter()
                 .chain(&bars.collections)
+                .chain(&bars.more)
             {
                 bar.abandon();
             }
@@ -509,6 +580,13 @@ mod tests {
         assert!(summary(&failed).contains("error         VerificationFailed"));
         assert!(one_line(&failed).starts_with("FAILED (phase failed)"), "{}", one_line(&failed));
         assert!(one_line(&failed).ends_with("range all _id values)"));
+    }
+
+    #[test]
+    fn long_namespaces_keep_their_end() {
+        assert_eq!(keep_end("shop.orders", 18), "shop.orders");
+        assert_eq!(keep_end("many.collection_with_a_long_name_07", 18), "…th_a_long_name_07");
+        assert_eq!(keep_end("many.collection_with_a_long_name_07", 18).chars().count(), 18);
     }
 
     #[test]
