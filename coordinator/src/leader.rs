@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bson::{Document, doc};
@@ -106,6 +107,10 @@ struct Term<'a> {
     clusters: Option<Arc<Clusters>>,
     /// Consecutive transient failures of the current step (for logging only).
     transient_failures: u32,
+    /// `mod_revision` of the last state document this term wrote. The state watch delivers our
+    /// own writes a little later (etcd's watch lags the txn reply); until it has, the watched
+    /// document is older than what we know and must not be acted upon.
+    written_revision: AtomicI64,
 }
 
 impl Leader {
@@ -124,7 +129,8 @@ impl Leader {
         let stop = CancellationToken::new();
         let mut state_rx =
             state_watch::watch_value::<SyncStateDoc>(self.store.clone(), self.keys.state(), stop.clone()).await;
-        let mut term = Term { leader: self, token, clusters: None, transient_failures: 0 };
+        let mut term =
+            Term { leader: self, token, clusters: None, transient_failures: 0, written_revision: AtomicI64::new(0) };
         let mut tick = tokio::time::interval(time_constants::LEADER_TICK);
         let result = loop {
             tokio::select! {
@@ -137,6 +143,14 @@ impl Leader {
                 break Err(LeaderError::Store("lost the leadership".into()));
             }
             let current = state_rx.borrow_and_update().clone();
+            if current.mod_revision < term.written_revision.load(Ordering::SeqCst) {
+                // Our last write has not reached the watch yet. Driving from the older document
+                // would redo the step we just recorded as done — and a step is idempotent only
+                // against the state it was computed from: planning twice samples new range
+                // bounds and rewrites copy tasks that workers already claimed, so ranges would
+                // be lost. The watch's next event (or re-read) wakes us again.
+                continue;
+            }
             match term.drive(&current).await {
                 Ok(()) => term.transient_failures = 0,
                 Err(LeaderError::Conflict) => {}
@@ -190,18 +204,34 @@ impl Term<'_> {
                 Compare::mod_revision(state_key, CompareOp::Equal, current.mod_revision),
             ])
             .and_then(extra);
-        if self.store().txn(txn).await?.succeeded { Ok(()) } else { Err(LeaderError::Conflict) }
+        let response = self.store().txn(txn).await?;
+        if !response.succeeded {
+            return Err(LeaderError::Conflict);
+        }
+        // The txn wrote the state key, so its revision is the document's new mod_revision.
+        self.written_revision.fetch_max(response.revision, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Fenced writes of plan entries and tasks, in chunks the store accepts.
-    async fn put_fenced(&self, ops: Vec<TxnOp>) -> Result<(), LeaderError> {
-        // One slot of every txn is the leadership compare's companion budget.
-        for chunk in ops.chunks(clustersync_common::store::MAX_TXN_OPS - 1) {
+    /// Writes plan entries and tasks, in chunks the store accepts, only while we lead and the
+    /// state document is still the one the step was computed from (`current`).
+    ///
+    /// The state guard is what makes planning safe to retry: copy tasks become claimable the
+    /// moment the state says `Planned`, so a plan computed from an older document (a stale
+    /// read, an API call racing the leader) must never overwrite them. The chunks themselves
+    /// do not touch the state key, so the guard holds for every chunk of one step.
+    async fn put_fenced(&self, current: &Versioned<SyncStateDoc>, ops: Vec<TxnOp>) -> Result<(), LeaderError> {
+        // Two slots of every txn go to the compares' companion budget.
+        for chunk in ops.chunks(clustersync_common::store::MAX_TXN_OPS - 2) {
             let txn = Txn::new()
-                .when([Compare::create_revision(self.keys().leader(), CompareOp::Equal, self.token.0)])
+                .when([
+                    Compare::create_revision(self.keys().leader(), CompareOp::Equal, self.token.0),
+                    Compare::mod_revision(self.keys().state(), CompareOp::Equal, current.mod_revision),
+                ])
                 .and_then(chunk.to_vec());
             if !self.store().txn(txn).await?.succeeded {
-                return Err(LeaderError::Store("lost the leadership while writing the plan".into()));
+                // Lost the leadership (the loop notices) or the state moved on: re-read, redo.
+                return Err(LeaderError::Conflict);
             }
         }
         Ok(())
@@ -302,7 +332,7 @@ impl Term<'_> {
             .map_err(|e| LeaderError::fatal("InvalidNamespaceFilter", e))?;
         // A previous leader may have died half-way through planning: its copy tasks were never
         // claimable (workers wait for `Planned`), so they are simply replaced.
-        self.clear_plan().await?;
+        self.clear_plan(current).await?;
         let namespaces = list_source_namespaces(clusters, &filter).await?;
         info!(collections = namespaces.len(), "planning the copy");
 
@@ -408,7 +438,7 @@ impl Term<'_> {
             ops.push(TaskOp::put_task(self.keys(), TaskId(FIRST_COPY_TASK + offset as u64), &TaskSpec::Copy(task)));
         }
         let task_count = ops.len() - planned.len();
-        self.put_fenced(ops).await?;
+        self.put_fenced(current, ops).await?;
         let mut next = current.value.clone();
         next.setup_step = SetupStep::Planned;
         next.phase = Phase::Snapshot;
@@ -416,7 +446,7 @@ impl Term<'_> {
         self.save_state(current, next).await
     }
 
-    async fn clear_plan(&self) -> Result<(), LeaderError> {
+    async fn clear_plan(&self, current: &Versioned<SyncStateDoc>) -> Result<(), LeaderError> {
         let (tasks, _) = self.store().get_prefix(&self.keys().tasks_prefix()).await?;
         let mut ops: Vec<TxnOp> = tasks
             .iter()
@@ -424,7 +454,7 @@ impl Term<'_> {
             .map(|kv| TxnOp::delete(kv.key.clone()))
             .collect();
         ops.push(TxnOp::delete_prefix(self.keys().planned_collections_prefix()));
-        self.put_fenced(ops).await
+        self.put_fenced(current, ops).await
     }
 
     // ------------------------------------------------------------------------------------------
@@ -568,7 +598,7 @@ impl Term<'_> {
             }
             CommitStep::IndexesRestored => {
                 if options.verification.enabled {
-                    self.write_verify_tasks(&clusters, &options).await?;
+                    self.write_verify_tasks(current, &clusters, &options).await?;
                     next_commit.step = CommitStep::Verifying;
                 } else {
                     next_commit.step = CommitStep::Done;
@@ -625,7 +655,12 @@ impl Term<'_> {
         self.save_state(current, next).await
     }
 
-    async fn write_verify_tasks(&self, clusters: &Clusters, options: &model::StartOptions) -> Result<(), LeaderError> {
+    async fn write_verify_tasks(
+        &self,
+        current: &Versioned<SyncStateDoc>,
+        clusters: &Clusters,
+        options: &model::StartOptions,
+    ) -> Result<(), LeaderError> {
         let filter = NamespaceFilter::new(&options.include_namespaces, &options.exclude_namespaces)
             .map_err(|e| LeaderError::fatal("InvalidNamespaceFilter", e))?;
         let mut ops = Vec::new();
@@ -657,7 +692,7 @@ impl Term<'_> {
             .collect();
         deletes.extend(ops);
         info!(tasks = next_id - FIRST_VERIFY_TASK, "verification tasks written");
-        self.put_fenced(deletes).await
+        self.put_fenced(current, deletes).await
     }
 }
 
