@@ -10,10 +10,25 @@
 //! Which tasks may be claimed follows the migration's state: copy tasks while RUNNING (once
 //! planning is complete), change-stream tasks while RUNNING or COMMITTING, verification tasks
 //! while COMMITTING. PAUSED, FAILED, COMMITTED and IDLE stop everything.
+//!
+//! # Sharing the work
+//!
+//! A worker holds at most its fair share of the unfinished tasks, `ceil(unfinished / live
+//! workers)` (and never more than its task slots), so a worker that joins finds unclaimed work.
+//! When there is none left — everything is claimed, typically because a worker with many slots
+//! took every partition before the newcomer arrived — a worker holding more than its share
+//! hands the excess copy tasks back while another live worker has room below its own share;
+//! the newcomer claims them and resumes them from their checkpoints (at most one batch is
+//! copied again). Change streams are never handed back for balance: restarting one costs more
+//! than it saves. The leader may also ask for a task back with a `{m}/release/{task}` key; the
+//! holder honours keys written after its claim and deletes the key with the claim.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clustersync_common::claim::{self, ClaimOutcome, FencingToken};
@@ -26,9 +41,9 @@ use clustersync_common::model::{
 };
 use clustersync_common::namespace::NamespaceFilter;
 use clustersync_common::state_watch::{self, Versioned};
-use clustersync_common::store::Store;
+use clustersync_common::store::{Store, TxnOp};
 use clustersync_common::time_constants;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -119,6 +134,7 @@ impl WorkerRuntime {
         let state_rx =
             state_watch::watch_value::<SyncStateDoc>(self.store.clone(), self.keys.state(), stop.clone()).await;
         let (doc_tx, doc_rx) = watch::channel(state_rx.borrow().value.clone());
+        let executor_ended = Arc::new(Notify::new());
         let mut loop_state = LoopState {
             runtime: &self,
             running: HashMap::new(),
@@ -127,6 +143,7 @@ impl WorkerRuntime {
             migration: None,
             events_applied_done: 0,
             doc_rx,
+            executor_ended: executor_ended.clone(),
         };
         let mut state_changes = state_rx.clone();
         let mut progress_tick = tokio::time::interval(time_constants::PROGRESS_INTERVAL);
@@ -143,6 +160,10 @@ impl WorkerRuntime {
                     loop_state.step().await;
                 }
                 _ = scan_tick.tick() => loop_state.step().await,
+                // Settle a finished task and claim the next one now, not at the next scan: a
+                // worker busy with short tasks (verification ranges) would otherwise idle for
+                // up to a scan interval after each.
+                _ = executor_ended.notified() => loop_state.step().await,
                 _ = progress_tick.tick() => loop_state.publish_progress().await,
             }
         };
@@ -165,6 +186,8 @@ struct LoopState<'a> {
     /// Events applied by executors that have finished (for the process-wide counter).
     events_applied_done: u64,
     doc_rx: watch::Receiver<SyncStateDoc>,
+    /// Signalled by every executor as it ends, so the loop settles it at once.
+    executor_ended: Arc<Notify>,
 }
 
 impl LoopState<'_> {
@@ -235,16 +258,25 @@ impl LoopState<'_> {
             .collect();
         let claimed: HashSet<TaskId> = claim_kvs.iter().filter_map(|kv| keys.task_id_of(&kv.key)).collect();
 
-        // Hand back tasks the leader asked for (rebalancing), and tasks the state no longer allows.
-        let releases: HashSet<TaskId> = release_kvs.iter().filter_map(|kv| keys.task_id_of(&kv.key)).collect();
+        // Hand back tasks the leader asked for (rebalancing), and tasks the state no longer
+        // allows. A release key is addressed to the holder at the time it was written: one
+        // older than our claim (its revision below our fencing token, the claim's create
+        // revision) was meant for an earlier holder and is ignored; we delete it with our claim.
+        let releases: HashMap<TaskId, i64> =
+            release_kvs.iter().filter_map(|kv| Some((keys.task_id_of(&kv.key)?, kv.create_revision))).collect();
         let to_stop: Vec<TaskId> = self
             .running
             .iter()
-            .filter(|(id, running)| releases.contains(id) || !Self::allowed(&running.spec, state))
+            .filter(|(id, running)| {
+                releases.get(id).is_some_and(|revision| *revision > running.token.0)
+                    || !Self::allowed(&running.spec, state)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in to_stop {
-            if let Some(running) = self.running.get(&id) {
+            if let Some(running) = self.running.get(&id)
+                && !running.cancel.is_cancelled()
+            {
                 info!(task = %id, "handing task back");
                 running.cancel.cancel();
             }
@@ -264,17 +296,26 @@ impl LoopState<'_> {
             })
             .collect();
         let unfinished = tasks.iter().filter(|t| !finished.contains(&t.id) && Self::allowed(&t.spec, state)).count();
-        let workers = instance_kvs
+        let live_workers: Vec<model::InstanceInfo> = instance_kvs
             .iter()
             .filter_map(|kv| model::decode::<model::InstanceInfo>(&kv.key, &kv.value).ok())
             .filter(|info| info.roles.contains(&model::Role::Worker))
-            .count()
-            .max(1);
+            .collect();
+        let workers = live_workers.len().max(1);
         // Fair share: with more workers than slots' worth of work, no worker hoards tasks a
         // newcomer could run. Rounded up so every task finds a holder.
         let quota = unfinished.div_ceil(workers).max(1);
         let slots = self.runtime.settings.task_slots as usize;
         let limit = slots.min(quota);
+        let unclaimed = tasks.iter().any(|t| {
+            !finished.contains(&t.id)
+                && !claimed.contains(&t.id)
+                && !self.running.contains_key(&t.id)
+                && Self::allowed(&t.spec, state)
+        });
+        if !unclaimed {
+            self.hand_back_above_share(quota, &live_workers, &claim_kvs);
+        }
         if self.running.len() >= limit {
             return Ok(());
         }
@@ -284,7 +325,6 @@ impl LoopState<'_> {
             .filter(|t| {
                 !finished.contains(&t.id)
                     && !claimed.contains(&t.id)
-                    && !releases.contains(&t.id)
                     && !self.running.contains_key(&t.id)
                     && Self::allowed(&t.spec, state)
                     && self.cooldown.get(&t.id).is_none_or(|until| *until <= now)
@@ -299,6 +339,62 @@ impl LoopState<'_> {
             self.try_start(task.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Rebalancing when every task is claimed: hands back the copy tasks this worker runs
+    /// above its fair share `quota`, as many as the other live workers have room for below
+    /// theirs (`min(their slots, quota)` minus what they hold). The tasks with the least
+    /// progress go first: they have the most left to copy. A handed-back copy resumes from its
+    /// checkpoint on the next holder, so the cost is at most the batch in flight.
+    ///
+    /// Without this, a worker that claimed everything (many task slots, or alone at the start)
+    /// would keep a newcomer idle until its own tasks finish. Only the worker above its share
+    /// gives anything up, and it never claims beyond its share itself, so tasks do not bounce
+    /// back and forth.
+    fn hand_back_above_share(
+        &mut self,
+        quota: usize,
+        live_workers: &[model::InstanceInfo],
+        claim_kvs: &[clustersync_common::store::KeyValue],
+    ) {
+        let me = &self.runtime.instance;
+        // Tasks being handed back already (cancelled, not yet settled) no longer count.
+        let active = self.running.values().filter(|r| !r.cancel.is_cancelled()).count();
+        let excess = active.saturating_sub(quota);
+        if excess == 0 {
+            return;
+        }
+        let mut held: HashMap<&InstanceId, usize> = HashMap::new();
+        let holders: Vec<InstanceId> = claim_kvs
+            .iter()
+            .filter_map(|kv| model::decode::<ClaimValue>(&kv.key, &kv.value).ok())
+            .map(|claim| claim.holder)
+            .collect();
+        for holder in &holders {
+            *held.entry(holder).or_default() += 1;
+        }
+        let room: usize = live_workers
+            .iter()
+            .filter(|info| info.id != *me)
+            .map(|info| (info.task_slots as usize).min(quota).saturating_sub(held.get(&info.id).copied().unwrap_or(0)))
+            .sum();
+        let count = excess.min(room);
+        if count == 0 {
+            return;
+        }
+        let mut movable: Vec<(u64, TaskId)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| matches!(r.spec, TaskSpec::Copy(_)) && !r.cancel.is_cancelled())
+            .map(|(id, r)| (r.counters.documents.load(Ordering::Relaxed), *id))
+            .collect();
+        movable.sort();
+        for (_, id) in movable.into_iter().take(count) {
+            if let Some(running) = self.running.get(&id) {
+                info!(task = %id, held = active, fair_share = quota, "handing a copy task back to a worker with room");
+                running.cancel.cancel();
+            }
+        }
     }
 
     async fn try_start(&mut self, task: Task) -> Result<(), WorkerError> {
@@ -360,7 +456,13 @@ impl LoopState<'_> {
         };
         info!(task = %task.id, kind = task.spec.kind_name(), %token, "task claimed");
         let spec = task.spec.clone();
-        let handle = tokio::spawn(async move { execute(context, spec).await });
+        let guarded = LeaseBound { inner: Box::pin(execute(context, spec)), lease: runtime.lease.clone() };
+        let ended = self.executor_ended.clone();
+        let handle = tokio::spawn(async move {
+            let result = guarded.await;
+            ended.notify_one();
+            result
+        });
         self.running.insert(task.id, Running { spec: task.spec, token, cancel, counters, handle, writer, last_detail });
         Ok(())
     }
@@ -425,8 +527,12 @@ impl LoopState<'_> {
                 Err(error) => warn!(task = %id, %error, "could not record the task failure"),
             }
         }
-        if let Err(error) = claim::release(store.as_ref(), &claim_key, token).await {
-            // The claim dies with our lease anyway.
+        // A release request, if any, is answered by this hand-back: delete it with the claim,
+        // in one fenced txn, so the task is claimable again as soon as the claim is gone.
+        let release_key = self.runtime.keys.release(id);
+        let ops = vec![TxnOp::delete(release_key), TxnOp::delete(claim_key.clone())];
+        if let Err(error) = claim::fenced_txn(store.as_ref(), &claim_key, token, ops).await {
+            // Fenced: not ours any more. Otherwise the claim dies with our lease anyway.
             debug!(task = %id, %error, "claim release failed");
         }
     }
@@ -508,6 +614,36 @@ fn default_detail(spec: &TaskSpec) -> CheckpointDetail {
         TaskSpec::ChangeStream(_) => CheckpointDetail::ChangeStream(Default::default()),
         TaskSpec::Verify(_) => CheckpointDetail::Verify(Default::default()),
         TaskSpec::VerifyMetadata(_) => CheckpointDetail::VerifyMetadata(Default::default()),
+    }
+}
+
+/// An executor that stops being polled once the lease's deadline has passed.
+///
+/// The lease keeper cancels executors before the deadline, but only when it gets to run. A
+/// process frozen past its TTL (SIGSTOP, a VM pause, a long GC-like stall) wakes up with the
+/// keeper's timer and the executors' I/O ready at the same instant, in no guaranteed order: an
+/// executor could send one more destination write after the store has already handed its
+/// task to another worker. Checkpoint writes are fenced, destination writes are not; so an
+/// executor is never polled again once the deadline has passed — every write it makes happens
+/// inside its own poll (the driver runs operations in the caller's task), and none can start
+/// after this check fails. Until the deadline the claim is still ours in the store (the store
+/// expires the lease no earlier than `deadline`, see the lease module).
+///
+/// Only the executor's own task is guarded: tasks it spawns (the change stream's reader and
+/// appliers) are polled on their own and must check the lease themselves.
+struct LeaseBound {
+    inner: Pin<Box<dyn Future<Output = ExecutorResult> + Send>>,
+    lease: LeaseHandle,
+}
+
+impl Future for LeaseBound {
+    type Output = ExecutorResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExecutorResult> {
+        if !self.lease.is_alive() {
+            return Poll::Ready(Err(WorkerError::Cancelled));
+        }
+        self.inner.as_mut().poll(cx)
     }
 }
 
