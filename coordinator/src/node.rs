@@ -22,10 +22,10 @@ use anyhow::Context;
 use clustersync_common::keys::Keys;
 use clustersync_common::lease::{LeaseHandle, LeaseKeeper};
 use clustersync_common::model::{self, InstanceInfo, Role};
-use clustersync_common::store::{EmbeddedStore, EtcdStore, EtcdStoreOptions, Store};
+use clustersync_common::store::{EmbeddedStore, EtcdStore, EtcdStoreOptions, LeaseId, Store, StoreError};
 use clustersync_worker::runtime::{ClusterUris, WorkerRuntime};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::control::Control;
@@ -99,6 +99,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 
     let uris = ClusterUris { cluster0: config.cluster0.clone(), cluster1: config.cluster1.clone() };
     let settings = Arc::new(config.worker.clone());
+    // Leases of earlier rounds, lost and no longer renewed, whose roles have all stopped.
+    let mut abandoned: Vec<LeaseId> = Vec::new();
     while !shutdown.is_cancelled() {
         let keeper = match LeaseKeeper::start(store.clone(), config.etcd.lease_ttl).await {
             Ok(keeper) => keeper,
@@ -110,10 +112,14 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 }
             }
         };
+        // The store answers again: free what the old leases still hold before starting over.
+        revoke_abandoned(store.as_ref(), &mut abandoned).await;
         let lease = keeper.handle();
         let grpc_address = grpc_server.as_ref().map(|server| server.address);
         if let Err(error) = register(store.as_ref(), &keys, &config, roles, api_address, grpc_address, &lease).await {
             warn!(%error, "cannot register this process; retrying");
+            abandoned.push(keeper.lease_id());
+            drop(keeper);
             tokio::time::sleep(RESTART_PAUSE).await;
             continue;
         }
@@ -166,6 +172,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             }
             break;
         }
+        abandoned.push(keeper.lease_id());
         drop(keeper);
         tokio::time::sleep(RESTART_PAUSE).await;
     }
@@ -181,6 +188,31 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     info!("clustersync stopped");
     Ok(())
+}
+
+/// Revokes leases this process gave up after losing them, forgetting those that are gone.
+///
+/// A lost lease is not necessarily expired in the store: the keeper self-fences a margin
+/// *before* the deadline, a short store outage may end before the TTL, and an etcd restart
+/// restores every lease with a fresh TTL. Its keys — our old registration, task claims, and
+/// the leader key if we led — would then keep our own tasks and the leadership blocked for up
+/// to a TTL although nothing works under that lease any more. Revoking is safe only because
+/// every role of that lease's round has stopped (they are joined before the lease is pushed
+/// here), and the fenced writes of those roles would fail anyway once their claims are gone.
+async fn revoke_abandoned(store: &dyn Store, abandoned: &mut Vec<LeaseId>) {
+    let mut still_held = Vec::new();
+    for lease in abandoned.drain(..) {
+        match store.revoke_lease(lease).await {
+            Ok(()) => info!(%lease, "revoked the lost lease of an earlier round; its claims are free"),
+            Err(StoreError::LeaseExpired { .. }) => debug!(%lease, "the lost lease of an earlier round has expired"),
+            Err(error) => {
+                // It expires on its own after the TTL; try again at the next restart.
+                debug!(%lease, %error, "cannot revoke the lost lease of an earlier round yet");
+                still_held.push(lease);
+            }
+        }
+    }
+    *abandoned = still_held;
 }
 
 /// Publishes `{m}/instances/{id}` under the process's lease.
