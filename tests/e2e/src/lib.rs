@@ -12,11 +12,15 @@
 //! - [`data`]: documents with every BSON type, mixed `_id` types, large documents; comparing
 //!   both sides document for document, index for index, options for options.
 //! - [`load`]: live writes (every kind, and DDL) on the source while a sync runs.
+//! - [`fleet`]: distributed mode: etcd, coordinator and worker processes that can be killed,
+//!   frozen, thawed, restarted or added; the coordination store as the test sees it.
 
 pub mod clusters;
 pub mod data;
+pub mod fleet;
 pub mod load;
 pub mod process;
 
 pub use clusters::{TestCluster, TestClusters};
+pub use fleet::{Fleet, FleetOptions, NodeRole};
 pub use process::SyncProcess;
