@@ -1190,6 +1190,26 @@ mod tests {
         }
     }
 
+    /// The configurations in the Kubernetes ConfigMap (`deploy/kubernetes/configmap.yaml`) load
+    /// and validate too.
+    #[tokio::test]
+    async fn the_kubernetes_configmap_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/configmap.yaml");
+        let manifest: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_of(&[(env::CLUSTER0, URI0), (env::CLUSTER1, URI1), (env::ID, "clustersync-worker-5d9f-abcde")]);
+        for (key, mode) in [("coordinator.yaml", Mode::Coordinator), ("worker.yaml", Mode::Worker)] {
+            let text = manifest["data"][key].as_str().unwrap_or_else(|| panic!("{key} missing from the ConfigMap"));
+            let file = dir.path().join(key);
+            std::fs::write(&file, text).unwrap();
+            let config = Config::load(mode, &args(&["--config", file.to_str().unwrap()]), &[], &env)
+                .unwrap_or_else(|error| panic!("{key}: {error}"));
+            config.validate().await.unwrap_or_else(|error| panic!("{key}: {error}"));
+            assert_eq!(config.etcd.endpoints.len(), 3, "{key}");
+            assert!(config.log_path.is_none(), "{key}: logs go to stderr in a pod");
+        }
+    }
+
     #[test]
     fn an_empty_file_is_an_empty_configuration() {
         let config = parse_file_config(Path::new("x.yaml"), "# nothing here\n\n").unwrap();
