@@ -548,3 +548,69 @@ async fn pause_and_resume_fan_out_from_any_coordinator() {
     let never_started = after.keys().filter(|id| !copied_while_paused.contains_key(id)).count();
     assert!(resumed + never_started > 0, "nothing was left to copy after the pause");
 }
+
+/// The worker holding the change stream is frozen past its lease while events are applied live
+/// and the source keeps taking writes, then thawed once the other worker has taken the stream
+/// over and applied everything: the thawed one writes no checkpoint before it has started over
+/// with a new lease, and nothing it still had in flight when it froze may reach the
+/// destination afterwards (no write follows on the source that could hide a stale apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_change_stream_holder_applies_nothing_stale_after_thawing() {
+    let clusters = TestClusters::start().await;
+    load_bulk(&clusters, "bulk", "items", 2000).await;
+    let live = clusters.source.client.database(&clusters.db("live")).collection::<bson::Document>("people");
+    live.insert_many((0..1000).map(every_type_document)).await.expect("insert live documents");
+    let mut fleet = Fleet::start(&clusters, FleetOptions::default()).await;
+    let writer =
+        LiveWriter::start(clusters.source.user_client().await, clusters.db("live"), "people".into(), 300, false);
+    fleet.coordinators[0].post_ok("start", start_body(&clusters)).await;
+    fleet.wait_progress(0, "change events applied live", TIMEOUT, |p| p["canCommit"] == true).await;
+    let stream = change_stream_task(&fleet).await;
+    let holder = fleet.claims().await.get(&stream).cloned().expect("the change stream is claimed while live");
+    let survivor = fleet.workers.iter().map(|w| w.id.clone()).find(|id| *id != holder).expect("two workers");
+    let before = cdc_checkpoint(&fleet, stream).await.map(|(_, cdc)| cdc.events_applied).unwrap_or(0);
+    fleet
+        .wait_until("the holder applies live events", TIMEOUT, || async {
+            cdc_checkpoint(&fleet, stream).await.is_some_and(|(_, cdc)| cdc.events_applied > before)
+        })
+        .await;
+    // Frozen in the middle of applying a stream of writes: its appliers hold events.
+    fleet.node_mut(&holder).freeze();
+    fleet.step(&format!("froze {holder}, the change-stream holder"));
+    fleet
+        .wait_until("the frozen holder's lease expires", TIMEOUT, || async {
+            !fleet.instances().await.contains_key(&holder)
+        })
+        .await;
+    let expired_at = fleet.revision().await;
+    let recorder = fleet.record_checkpoints(expired_at).await;
+    fleet
+        .wait_until("the survivor applies the stream", TIMEOUT, || async {
+            recorder.writes().iter().any(|w| w.task == stream && w.checkpoint.holder.to_string() == survivor)
+        })
+        .await;
+    fleet.step("stream taken over");
+    let counts = writer.stop().await;
+    assert!(counts.updates.load(Ordering::Relaxed) > 0, "the writer updated nothing: {counts:?}");
+    // Everything written is applied by the survivor before the holder wakes up: whatever the
+    // holder would still apply is older than what the destination has.
+    fleet.wait_progress(0, "the survivor applies everything", TIMEOUT, |p| p["canCommit"] == true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.node_mut(&holder).thaw();
+    fleet.step("holder thawed");
+    let instance_key = fleet.keys.instance(&Fleet::instance_id(&holder));
+    let registered_again = fleet
+        .wait_for_value("the thawed worker to register again", TIMEOUT, || async {
+            fleet.store.get(&instance_key).await.ok().flatten().map(|kv| kv.create_revision)
+        })
+        .await;
+    fleet.step("holder registered again");
+
+    commit_and_compare(&mut fleet, 0, &clusters).await;
+    let stale: Vec<_> = recorder
+        .writes()
+        .into_iter()
+        .filter(|w| w.revision < registered_again && w.checkpoint.holder.to_string() == holder)
+        .collect();
+    assert!(stale.is_empty(), "the frozen holder wrote checkpoints after its lease expired: {stale:#?}");
+}
