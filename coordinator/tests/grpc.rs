@@ -488,15 +488,9 @@ async fn watch_progress_follows_state_changes_and_keeps_a_heartbeat() {
 
     // The server shutting down ends the streams instead of hanging them.
     api.shutdown.cancel();
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
-    })
-    .await;
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Ok(Some(_)) = stream.message().await {} })
+            .await;
     assert!(end.is_ok(), "the watch ended with the server");
 }
 
