@@ -131,6 +131,19 @@ fn say(message: impl AsRef<str>) {
     eprintln!("bench: {}", message.as_ref());
 }
 
+fn say_rate(what: &str, rate: &Outcome<Rate>) {
+    match rate {
+        Ok(rate) => say(format!(
+            "  {what}: {} documents in {:.2} s ({:.0} docs/s, {:.1} MiB/s)",
+            rate.documents,
+            rate.seconds,
+            rate.docs_per_sec(),
+            rate.mib_per_sec()
+        )),
+        Err(error) => say(format!("  {what} failed: {error}")),
+    }
+}
+
 fn outcome<T>(result: anyhow::Result<T>) -> Outcome<T> {
     result.map_err(|error| format!("{error:#}"))
 }
@@ -203,9 +216,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await,
     );
     drop(generated);
+    say_rate("source load", &source_load);
+    say_rate("raw insert", &raw_insert);
 
     say("raw scan rate (one client, source)");
     let raw_scan = outcome(copy::raw_scan(&source_client, &layout).await);
+    say_rate("raw scan", &raw_scan);
 
     say("baseline copier");
     let baseline = outcome(
@@ -221,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         .await,
     );
+    say_rate("baseline", &baseline);
 
     say("clustersync: copy, change application, commit");
     let sync = outcome(sync::single_process(&ctx, "clustersync", &source, &layout, bytes, Some(&plan)).await);
@@ -253,9 +270,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     } else {
         // The change-application load changed the source's data set: count it again.
         let (documents, bytes) = data::stats(&source_client, &layout).await?;
+        // A distributed copy gets five times what the single process needed (at least 10 min).
+        let single = sync.as_ref().map(|s| s.copy.seconds).unwrap_or(0.0);
+        let timeout = Duration::from_secs_f64((5.0 * single).max(600.0));
         for workers in SCALING_WORKERS {
             say(format!("distributed copy with {workers} worker(s)"));
-            let run = sync::distributed(&ctx, &source, &layout, documents, bytes, workers).await;
+            let run = sync::distributed(&ctx, &source, &layout, documents, bytes, workers, timeout).await;
+            if let Err(error) = &run {
+                say(format!("  {workers} worker(s) failed: {error:#}"));
+            }
             scaling.push((workers, outcome(run)));
         }
     }

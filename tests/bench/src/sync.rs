@@ -117,6 +117,9 @@ async fn wait_progress(
     done: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
     let deadline = Instant::now() + timeout;
+    // A copy that stops moving (e.g. every cursor keeps being interrupted) fails the case
+    // instead of running into the timeout.
+    let (mut copied, mut moved_at) = (0u64, Instant::now());
     loop {
         process.check_running()?;
         if let Ok(progress) = process.progress().await {
@@ -127,13 +130,26 @@ async fn wait_progress(
             if done(&progress) {
                 return Ok(progress);
             }
+            let now_copied = progress["collectionCopy"]["estimatedCopiedBytes"].as_u64().unwrap_or(0);
+            if now_copied > copied || progress["phase"] != "snapshot" {
+                (copied, moved_at) = (now_copied.max(copied), Instant::now());
+            }
         }
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
+        if moved_at.elapsed() > COPY_STALL {
+            bail!(
+                "the copy made no progress for {COPY_STALL:?} ({} MiB copied) while waiting for {what}",
+                copied / 1048576
+            );
+        }
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// How long the copy may go without copying anything before the case fails.
+const COPY_STALL: Duration = Duration::from_secs(180);
 
 fn copy_timeout(documents: u64) -> Duration {
     Duration::from_secs(300 + documents / 500)
@@ -161,7 +177,9 @@ pub async fn single_process(
     if let (Some(plan), Some(mut workload)) = (load, workload)
         && plan.measure_alone
     {
-        run.generator_alone_writes_per_sec = Some(generator_alone(source, &mut workload, plan).await?);
+        let alone = generator_alone(source, &mut workload, plan).await?;
+        say(format!("  the generator alone on the source: {alone:.0} writes/s"));
+        run.generator_alone_writes_per_sec = Some(alone);
     }
     Ok(run)
 }
@@ -271,6 +289,10 @@ async fn drive(
     run.verify_seconds = hashing.as_secs_f64();
     run.commit_error = committed.err().map(|error| format!("{error:#}"));
     run.memory = sampler.finish();
+    say(format!(
+        "  peak RSS MiB: {}",
+        run.memory.iter().map(|(phase, m)| format!("{phase} {:.0}", m.peak_rss_mib)).collect::<Vec<_>>().join(", ")
+    ));
     if run.commit_error.is_some()
         && let Ok(progress) = process.progress().await
         && progress["error"] == "VerificationFailed"
@@ -293,7 +315,8 @@ async fn drive(
     Ok((run, kept_workload))
 }
 
-fn say(message: String) {
+/// Prints a line on stderr (figures appear there as they are measured).
+pub fn say(message: String) {
     eprintln!("bench: {message}");
 }
 
@@ -398,6 +421,7 @@ pub async fn distributed(
     documents: u64,
     bytes: u64,
     workers: usize,
+    timeout: Duration,
 ) -> anyhow::Result<DistributedRun> {
     let name = format!("distributed-{workers}");
     let etcd = Etcd::start(&ctx.log_dir, &format!("{name}-etcd")).await?;
@@ -438,7 +462,7 @@ pub async fn distributed(
             wait_progress(
                 &mut coordinator,
                 "the distributed copy to complete",
-                copy_timeout(documents),
+                timeout,
                 |p| seen = seen.max(worker_count(p)),
                 |p| p["phase"] == "running",
             )
@@ -448,6 +472,11 @@ pub async fn distributed(
             if copied != documents {
                 bail!("the destination holds {copied} documents after the copy, expected {documents}");
             }
+            say(format!(
+                "  {workers} worker(s): {documents} documents in {:.1} s ({:.0} docs/s)",
+                copy.seconds,
+                copy.docs_per_sec()
+            ));
             anyhow::Ok(DistributedRun { workers, workers_seen: seen, copy })
         }
         .await;
