@@ -36,7 +36,7 @@ use clustersync_common::store::{Compare, CompareOp, Store, Txn, TxnOp};
 use clustersync_common::time_constants;
 use clustersync_worker::error::WorkerError;
 use clustersync_worker::mongo::Clusters;
-use clustersync_worker::runtime::ClusterUris;
+use clustersync_worker::runtime::{ClusterUris, LeaseBound};
 use clustersync_worker::settings::WorkerSettings;
 use clustersync_worker::{partition, schema};
 use futures::TryStreamExt;
@@ -151,7 +151,13 @@ impl Leader {
                 // be lost. The watch's next event (or re-read) wakes us again.
                 continue;
             }
-            match term.drive(&current).await {
+            // A step's MongoDB side effects (write blocking, the commit marker, index builds)
+            // are not fenced like its store writes: never let a step run on past the lease
+            // deadline, e.g. in a process thawed after the leadership passed to another.
+            let Some(outcome) = LeaseBound::new(lease.clone(), term.drive(&current)).await else {
+                break Err(LeaderError::Store("leader lease expired during a step".into()));
+            };
+            match outcome {
                 Ok(()) => term.transient_failures = 0,
                 Err(LeaderError::Conflict) => {}
                 Err(LeaderError::Fatal { name, description, namespace, range }) => {

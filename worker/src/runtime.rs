@@ -456,10 +456,11 @@ impl LoopState<'_> {
         };
         info!(task = %task.id, kind = task.spec.kind_name(), %token, "task claimed");
         let spec = task.spec.clone();
-        let guarded = LeaseBound { inner: Box::pin(execute(context, spec)), lease: runtime.lease.clone() };
+        let guarded = LeaseBound::new(runtime.lease.clone(), execute(context, spec));
         let ended = self.executor_ended.clone();
         let handle = tokio::spawn(async move {
-            let result = guarded.await;
+            // Past the lease deadline the executor is dropped unpolled: see `LeaseBound`.
+            let result = guarded.await.unwrap_or(Err(WorkerError::Cancelled));
             ended.notify_one();
             result
         });
@@ -617,33 +618,41 @@ fn default_detail(spec: &TaskSpec) -> CheckpointDetail {
     }
 }
 
-/// An executor that stops being polled once the lease's deadline has passed.
+/// A future that is never polled again once the lease's deadline has passed: it then resolves
+/// to `None` (and its inner future is dropped by the caller).
 ///
-/// The lease keeper cancels executors before the deadline, but only when it gets to run. A
-/// process frozen past its TTL (SIGSTOP, a VM pause, a long GC-like stall) wakes up with the
-/// keeper's timer and the executors' I/O ready at the same instant, in no guaranteed order: an
-/// executor could send one more destination write after the store has already handed its
-/// task to another worker. Checkpoint writes are fenced, destination writes are not; so an
-/// executor is never polled again once the deadline has passed — every write it makes happens
-/// inside its own poll (the driver runs operations in the caller's task), and none can start
-/// after this check fails. Until the deadline the claim is still ours in the store (the store
-/// expires the lease no earlier than `deadline`, see the lease module).
+/// The lease keeper cancels lease-bound work before the deadline, but only when it gets to
+/// run. A process frozen past its TTL (SIGSTOP, a VM pause, a long stall) wakes up with the
+/// keeper's timer and the work's I/O ready at the same instant, in no guaranteed order: a task
+/// executor (or the leader's step) could send one more MongoDB write after the store has
+/// already handed its task (or the leadership) to another process. Store writes are fenced,
+/// MongoDB writes are not; so the work is never polled again once the deadline has passed —
+/// every driver operation runs inside the caller's poll, and none can start after this check
+/// fails. Until the deadline the claim is still ours in the store (the store expires the lease
+/// no earlier than `deadline`, see the lease module).
 ///
-/// Only the executor's own task is guarded: tasks it spawns (the change stream's reader and
+/// Only the wrapped future is guarded: tasks it spawns (the change stream's reader and
 /// appliers) are polled on their own and must check the lease themselves.
-struct LeaseBound {
-    inner: Pin<Box<dyn Future<Output = ExecutorResult> + Send>>,
+pub struct LeaseBound<'a, T> {
+    inner: Pin<Box<dyn Future<Output = T> + Send + 'a>>,
     lease: LeaseHandle,
 }
 
-impl Future for LeaseBound {
-    type Output = ExecutorResult;
+impl<'a, T> LeaseBound<'a, T> {
+    /// Guards `future` with `lease`.
+    pub fn new(lease: LeaseHandle, future: impl Future<Output = T> + Send + 'a) -> Self {
+        LeaseBound { inner: Box::pin(future), lease }
+    }
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExecutorResult> {
+impl<T> Future for LeaseBound<'_, T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if !self.lease.is_alive() {
-            return Poll::Ready(Err(WorkerError::Cancelled));
+            return Poll::Ready(None);
         }
-        self.inner.as_mut().poll(cx)
+        self.inner.as_mut().poll(cx).map(Some)
     }
 }
 

@@ -614,3 +614,44 @@ async fn frozen_change_stream_holder_applies_nothing_stale_after_thawing() {
         .collect();
     assert!(stale.is_empty(), "the frozen holder wrote checkpoints after its lease expired: {stale:#?}");
 }
+
+/// The leading coordinator is frozen past its lease during the copy and thawed once the other
+/// coordinator leads: the thawed one gives up (it logs the lost lease and campaigns again
+/// behind the new leader), and the migration commits through either API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_leader_is_replaced_and_steps_down_after_thawing() {
+    let clusters = TestClusters::start().await;
+    load_bulk(&clusters, "bulk", "items", 10_000).await;
+    let options = FleetOptions { coordinators: 2, ..FleetOptions::default() };
+    let mut fleet = Fleet::start(&clusters, options).await;
+    let leader = fleet.wait_for_value("a coordinator to lead", TIMEOUT, || fleet.leader()).await;
+    let leader_index = fleet.coordinators.iter().position(|c| c.id == leader).expect("the leader is ours");
+    let other_index = 1 - leader_index;
+    let other = fleet.coordinators[other_index].id.clone();
+    start_and_wait_for_copy(&mut fleet, other_index, &clusters).await;
+    fleet.coordinators[leader_index].freeze();
+    fleet.step(&format!("froze the leader {leader}"));
+    fleet
+        .wait_until("the other coordinator is elected", TIMEOUT, || async {
+            fleet.leader().await.as_deref() == Some(other.as_str())
+        })
+        .await;
+    fleet.step("other coordinator elected");
+    fleet.coordinators[leader_index].thaw();
+    fleet.step("old leader thawed");
+    fleet.wait_api(leader_index).await;
+    let progress = fleet
+        .wait_progress(leader_index, "the thawed coordinator to report the new leader", TIMEOUT, |p| {
+            p["fleet"]["leader"] == other.as_str()
+        })
+        .await;
+    assert_ne!(progress["state"], "FAILED", "{progress:#}");
+
+    commit_and_compare(&mut fleet, leader_index, &clusters).await;
+    let logs = fleet.coordinators[leader_index].logs();
+    assert!(logs.contains("lease lost; stopping dependent work"), "the thawed leader did not notice:\n{logs}");
+    assert!(!logs.contains("migration committed"), "the deposed leader drove the commit:\n{logs}");
+    assert_eq!(fleet.leader().await.as_deref(), Some(other.as_str()), "leadership changed hands again");
+    let logs = fleet.coordinators[other_index].logs();
+    assert!(logs.contains("migration committed"), "the new leader did not drive the commit:\n{logs}");
+}
