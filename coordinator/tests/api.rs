@@ -748,8 +748,8 @@ async fn progress_aggregates_plan_tasks_checkpoints_and_fleet() {
     assert_eq!(
         progress["collections"],
         json!([
-            {"namespace": "shop.orders", "estimatedTotalBytes": 3000, "estimatedCopiedBytes": 2100, "documentsCopied": 21, "partitions": 2, "partitionsDone": 1},
-            {"namespace": "shop.users", "estimatedTotalBytes": 1000, "estimatedCopiedBytes": 0, "documentsCopied": 0, "partitions": 1, "partitionsDone": 0}
+            {"namespace": "shop.orders", "estimatedTotalBytes": 3000, "estimatedCopiedBytes": 2100, "documentsCopied": 21, "documentsRecopied": 0, "partitions": 2, "partitionsDone": 1},
+            {"namespace": "shop.users", "estimatedTotalBytes": 1000, "estimatedCopiedBytes": 0, "documentsCopied": 0, "documentsRecopied": 0, "partitions": 1, "partitionsDone": 0}
         ])
     );
     assert_eq!(progress["changeStream"]["stage"], "spooling");
