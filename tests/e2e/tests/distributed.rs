@@ -655,3 +655,59 @@ async fn frozen_leader_is_replaced_and_steps_down_after_thawing() {
     let logs = fleet.coordinators[other_index].logs();
     assert!(logs.contains("migration committed"), "the new leader did not drive the commit:\n{logs}");
 }
+
+/// A `{m}/release/{task}` key (what a leader writes to take a task away from its holder) makes
+/// the holder hand the task back: the claim goes, the key is deleted with it, the task is
+/// claimed again and resumed from its checkpoint; the migration completes correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_key_makes_the_holder_hand_a_task_back() {
+    let clusters = TestClusters::start().await;
+    load_bulk(&clusters, "bulk", "items", 20_000).await;
+    let options = FleetOptions {
+        worker: json!({"taskSlots": 2, "copyBatchDocuments": 20, "partitionBytes": 1024 * 1024}),
+        ..FleetOptions::default()
+    };
+    let mut fleet = Fleet::start(&clusters, options).await;
+    start_and_wait_for_copy(&mut fleet, 0, &clusters).await;
+    let copy_tasks = copy_task_ids(&fleet).await;
+    let task = fleet
+        .wait_for_value("a copy task under way", TIMEOUT, || async {
+            let claims = fleet.claims().await;
+            let checkpoints = copy_checkpoints(&fleet.checkpoints().await);
+            checkpoints
+                .iter()
+                .find(|(id, (status, copy))| {
+                    copy_tasks.contains(id)
+                        && claims.contains_key(id)
+                        && *status == TaskStatus::Running
+                        && copy.documents_copied > 0
+                })
+                .map(|(id, _)| *id)
+        })
+        .await;
+    let claim_key = fleet.keys.claim(task);
+    let first_claim = fleet.store.get(&claim_key).await.expect("read the claim").expect("the task is claimed");
+    let release_key = fleet.keys.release(task);
+    fleet.store.put(&release_key, Vec::new(), None).await.expect("write the release key");
+    fleet.step(&format!("release of task {task} requested"));
+
+    fleet
+        .wait_until("the holder hands the task back and deletes the release key", TIMEOUT, || async {
+            let claim = fleet.store.get(&claim_key).await.expect("read the claim");
+            let release = fleet.store.get(&release_key).await.expect("read the release key");
+            release.is_none() && claim.is_none_or(|claim| claim.create_revision != first_claim.create_revision)
+        })
+        .await;
+    fleet.step("handed back");
+    fleet
+        .wait_until("the task is finished", TIMEOUT, || async {
+            fleet.checkpoints().await.get(&task).is_some_and(|c| c.status == TaskStatus::Done)
+        })
+        .await;
+    commit_and_compare(&mut fleet, 0, &clusters).await;
+    let copy = copy_checkpoints(&fleet.checkpoints().await).remove(&task).expect("checkpoint").1;
+    assert!(
+        copy.documents_recopied <= fleet.options.copy_batch_documents(),
+        "the task was not resumed from its checkpoint after the hand-back: {copy:?}"
+    );
+}
