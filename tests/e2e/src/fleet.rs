@@ -163,6 +163,11 @@ impl Node {
         self.frozen = false;
     }
 
+    /// Whether the process is stopped by [`Node::freeze`].
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.id));
         let status = Command::new("kill")
