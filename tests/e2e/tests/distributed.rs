@@ -418,7 +418,11 @@ async fn frozen_worker_past_its_lease_writes_nothing_after_thawing() {
     assert!(registered_again > expired_at);
     fleet.step("victim registered again");
     let logs = fleet.workers[1].logs();
-    assert!(logs.contains("lease lost; restarting"), "the thawed worker did not log its lease loss:\n{logs}");
+    assert!(
+        logs.contains("lease lost; stopping dependent work"),
+        "the thawed worker did not log its lease loss:\n{logs}"
+    );
+    assert!(logs.contains("with a new lease"), "the thawed worker did not start over:\n{logs}");
     assert!(fleet.workers[1].is_running(), "the thawed worker exited:\n{logs}");
 
     commit_and_compare(&mut fleet, 0, &clusters).await;
