@@ -424,6 +424,7 @@ pub async fn distributed(
     timeout: Duration,
 ) -> anyhow::Result<DistributedRun> {
     let name = format!("distributed-{workers}");
+    wait_responsive(&source.uri()).await?;
     let etcd = Etcd::start(&ctx.log_dir, &format!("{name}-etcd")).await?;
     let destination = MongoServer::start(&ctx.bin_dir, &ctx.log_dir, &format!("{name}-destination")).await?;
     let base = sync_args(ctx, &source.uri(), &destination.uri());
@@ -490,6 +491,39 @@ pub async fn distributed(
     destination.stop().await;
     etcd.stop().await;
     result
+}
+
+/// Waits until the server answers `ping` within a second: a server still busy with the queries
+/// of a previous case (fake-mongod finishes a query even when its client is gone) would
+/// otherwise skew, or fail, the next one.
+pub async fn wait_responsive(uri: &str) -> anyhow::Result<()> {
+    let mut options = mongodb::options::ClientOptions::parse(uri).await?;
+    options.app_name = Some("clustersync-bench-probe".into());
+    options.server_selection_timeout = Some(Duration::from_secs(2));
+    options.connect_timeout = Some(Duration::from_secs(2));
+    let client = Client::with_options(options)?;
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        let attempt = Instant::now();
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), client.database("admin").run_command(bson::doc! {"ping": 1}))
+                .await;
+        if matches!(answered, Ok(Ok(_))) && attempt.elapsed() < Duration::from_secs(1) {
+            if warned {
+                say(format!("  the source answers again after {:.0} s", started.elapsed().as_secs_f64()));
+            }
+            return Ok(());
+        }
+        if !warned {
+            say("  the source is still busy; waiting until it answers within a second".into());
+            warned = true;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!("the source did not answer ping within a second for 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn worker_count(progress: &Value) -> usize {
