@@ -6,12 +6,14 @@
 //! succeeds while our claim on the task — identified by its fencing token — still exists. A
 //! holder whose lease expired therefore cannot overwrite the progress of the task's new holder.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use clustersync_common::claim::{self, ClaimError, FencingToken};
 use clustersync_common::ids::{InstanceId, TaskId};
 use clustersync_common::keys::Keys;
+use clustersync_common::lease::LeaseHandle;
 use clustersync_common::model::{self, CheckpointDetail, StartOptions, SyncStateDoc, TaskCheckpoint, TaskStatus};
 use clustersync_common::namespace::NamespaceFilter;
 use clustersync_common::store::Store;
@@ -30,11 +32,19 @@ pub struct CheckpointWriter {
     task: TaskId,
     token: FencingToken,
     holder: InstanceId,
+    /// The lease the claim hangs on (set by the runtime), for [`TaskContext::lease_bound`].
+    lease: Option<LeaseHandle>,
 }
 
 impl CheckpointWriter {
     pub fn new(store: Arc<dyn Store>, keys: Keys, task: TaskId, token: FencingToken, holder: InstanceId) -> Self {
-        Self { store, keys, task, token, holder }
+        Self { store, keys, task, token, holder, lease: None }
+    }
+
+    /// Binds the writer to the lease its claim is attached to.
+    pub fn with_lease(mut self, lease: LeaseHandle) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// Saves a checkpoint. `WorkerError::Fenced` if the claim is no longer ours (stop at once).
@@ -114,5 +124,29 @@ impl TaskContext {
     /// Returns `Cancelled` if the task must stop.
     pub fn check_cancelled(&self) -> Result<(), WorkerError> {
         if self.cancel.is_cancelled() { Err(WorkerError::Cancelled) } else { Ok(()) }
+    }
+
+    /// Guards a future the executor spawns as a task of its own (a change stream's reader,
+    /// appliers...): it is never polled once the lease of our claim has passed its deadline,
+    /// and then ends with `Cancelled`.
+    ///
+    /// The runtime guards the executor's own future that way (see
+    /// [`LeaseBound`](crate::runtime::LeaseBound)), but a spawned task is polled on its own:
+    /// in a process thawed after a freeze longer than the lease it may run before the lease
+    /// keeper has cancelled anything, and write to the destination after another worker took
+    /// the task over. Without a lease (tests that build a context by hand) the future runs as is.
+    pub fn lease_bound<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, WorkerError>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, WorkerError>> + Send + 'static {
+        let lease = self.checkpoints.lease.clone();
+        async move {
+            match lease {
+                Some(lease) => {
+                    crate::runtime::LeaseBound::new(lease, future).await.unwrap_or(Err(WorkerError::Cancelled))
+                }
+                None => future.await,
+            }
+        }
     }
 }

@@ -436,7 +436,8 @@ impl LoopState<'_> {
             return Ok(());
         };
         let writer =
-            CheckpointWriter::new(runtime.store.clone(), keys.clone(), task.id, token, runtime.instance.clone());
+            CheckpointWriter::new(runtime.store.clone(), keys.clone(), task.id, token, runtime.instance.clone())
+                .with_lease(runtime.lease.clone());
         // Executors stop when the task is cancelled or when the lease is about to be lost.
         let cancel = runtime.lease.cancellation_token().child_token();
         let counters = Arc::new(TaskCounters::new());

@@ -92,6 +92,37 @@ async fn commit_and_compare(fleet: &mut Fleet, via: usize, clusters: &TestCluste
     committed
 }
 
+/// The documents of every collection of `db` (by collection name, raw, in `_id` order).
+async fn documents_of(client: &mongodb::Client, db: &str) -> BTreeMap<String, Vec<Vec<u8>>> {
+    data::snapshot(client, &[db.to_string()])
+        .await
+        .into_iter()
+        .flat_map(|(_, collections)| collections)
+        .map(|collection| (collection.name, collection.documents))
+        .collect()
+}
+
+/// The `_id`s whose documents differ between `source` and `destination` (a handful, for
+/// assertion messages).
+fn differing_ids(source: &BTreeMap<String, Vec<Vec<u8>>>, destination: &BTreeMap<String, Vec<Vec<u8>>>) -> Vec<String> {
+    let id = |raw: &Vec<u8>| {
+        bson::RawDocumentBuf::from_bytes(raw.clone())
+            .ok()
+            .and_then(|d| d.get("_id").ok().flatten().map(|id| format!("{id:?}")))
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (name, docs) in source {
+        let other = destination.get(name).cloned().unwrap_or_default();
+        let ours: BTreeSet<String> = docs.iter().map(|d| format!("{}:{:?}", id(d), d)).collect();
+        let theirs: BTreeSet<String> = other.iter().map(|d| format!("{}:{:?}", id(d), d)).collect();
+        for entry in ours.symmetric_difference(&theirs).take(5) {
+            out.push(format!("{name}: {}", entry.split(':').next().unwrap_or_default()));
+        }
+    }
+    out
+}
+
 /// Starts the migration through coordinator `via` and waits until the copy tasks are planned.
 async fn start_and_wait_for_copy(fleet: &mut Fleet, via: usize, clusters: &TestClusters) {
     fleet.coordinators[via].post_ok("start", start_body(clusters)).await;
@@ -598,8 +629,24 @@ async fn frozen_change_stream_holder_applies_nothing_stale_after_thawing() {
     assert!(counts.updates.load(Ordering::Relaxed) > 0, "the writer updated nothing: {counts:?}");
     // Everything written is applied by the survivor before the holder wakes up: whatever the
     // holder would still apply is older than what the destination has.
-    fleet.wait_progress(0, "the survivor applies everything", TIMEOUT, |p| p["canCommit"] == true).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let live_db = clusters.db("live");
+    let source_documents = documents_of(&clusters.source.client, &live_db).await;
+    let mut converged = false;
+    for _ in 0..300 {
+        if documents_of(&clusters.destination.client, &live_db).await == source_documents {
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let destination_documents = documents_of(&clusters.destination.client, &live_db).await;
+    assert!(
+        converged,
+        "the survivor never applied every change of the stream it took over; differing: {:?}\n{}",
+        differing_ids(&source_documents, &destination_documents),
+        fleet.all_logs()
+    );
+    fleet.step("the survivor applied everything");
     fleet.node_mut(&holder).thaw();
     fleet.step("holder thawed");
     let instance_key = fleet.keys.instance(&Fleet::instance_id(&holder));
@@ -609,6 +656,15 @@ async fn frozen_change_stream_holder_applies_nothing_stale_after_thawing() {
         })
         .await;
     fleet.step("holder registered again");
+    // Whatever the thawed process still had in flight would have landed by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_thaw = documents_of(&clusters.destination.client, &live_db).await;
+    assert!(
+        after_thaw == source_documents,
+        "the thawed worker changed the destination after its lease expired; differing: {:?}\n{}",
+        differing_ids(&source_documents, &after_thaw),
+        fleet.all_logs()
+    );
 
     commit_and_compare(&mut fleet, 0, &clusters).await;
     let stale: Vec<_> = recorder
