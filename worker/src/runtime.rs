@@ -633,7 +633,8 @@ fn default_detail(spec: &TaskSpec) -> CheckpointDetail {
 /// no earlier than `deadline`, see the lease module).
 ///
 /// Only the wrapped future is guarded: tasks it spawns (the change stream's reader and
-/// appliers) are polled on their own and must check the lease themselves.
+/// appliers) are polled on their own and must be wrapped too
+/// ([`TaskContext::lease_bound`](crate::context::TaskContext::lease_bound)).
 pub struct LeaseBound<'a, T> {
     inner: Pin<Box<dyn Future<Output = T> + Send + 'a>>,
     lease: LeaseHandle,
