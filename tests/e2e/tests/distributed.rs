@@ -1,8 +1,10 @@
 //! End-to-end, distributed mode: a real etcd, `clustersync coordinator` and `clustersync worker`
 //! processes, and the failures the design promises to survive — a worker killed in the middle of
-//! the copy or of change-data capture, the leading coordinator killed, etcd restarted, a worker
-//! frozen past its lease — plus workers added mid-copy and one command fanning out to the fleet.
-//! Every test ends with a commit and a document-for-document comparison of the two sides.
+//! the copy or of change-data capture, the leading coordinator killed or frozen, etcd restarted,
+//! a worker (copying, or holding the change stream) frozen past its lease and thawed — plus a
+//! worker added mid-copy, a task taken back with a release key, and one command fanning out to
+//! the fleet. Every test ends with a commit and a document-for-document comparison of the two
+//! sides.
 //!
 //! The processes run with a short lease TTL (`etcd.leaseTtl`), small copy partitions and small
 //! copy batches (`worker.partitionBytes`, `worker.copyBatchDocuments`), so takeovers happen
@@ -111,16 +113,14 @@ fn differing_ids(source: &BTreeMap<String, Vec<Vec<u8>>>, destination: &BTreeMap
             .and_then(|d| d.get("_id").ok().flatten().map(|id| format!("{id:?}")))
             .unwrap_or_default()
     };
-    let mut out = Vec::new();
+    let mut out = BTreeSet::new();
     for (name, docs) in source {
         let other = destination.get(name).cloned().unwrap_or_default();
-        let ours: BTreeSet<String> = docs.iter().map(|d| format!("{}:{:?}", id(d), d)).collect();
-        let theirs: BTreeSet<String> = other.iter().map(|d| format!("{}:{:?}", id(d), d)).collect();
-        for entry in ours.symmetric_difference(&theirs).take(5) {
-            out.push(format!("{name}: {}", entry.split(':').next().unwrap_or_default()));
-        }
+        let ours: BTreeSet<(String, &Vec<u8>)> = docs.iter().map(|d| (id(d), d)).collect();
+        let theirs: BTreeSet<(String, &Vec<u8>)> = other.iter().map(|d| (id(d), d)).collect();
+        out.extend(ours.symmetric_difference(&theirs).map(|(id, _)| format!("{name} _id {id}")));
     }
-    out
+    out.into_iter().take(10).collect()
 }
 
 /// Starts the migration through coordinator `via` and waits until the copy tasks are planned.
