@@ -80,6 +80,7 @@ pub struct SyncProcess {
     child: Child,
     /// REST API port (meaningful for roles that serve it).
     pub port: u16,
+    command: Vec<String>,
     log: PathBuf,
     http: reqwest::Client,
 }
@@ -88,26 +89,31 @@ impl SyncProcess {
     /// Starts `clustersync <args> --port P --logPath <dir> --acceptDisclaimer`; `args` holds the
     /// subcommand (if any) and the cluster URIs.
     pub fn start(bin_dir: &Path, log_dir: &Path, name: &str, args: &[String]) -> anyhow::Result<SyncProcess> {
-        let binary = bin_dir.join("clustersync");
         let port = free_port()?;
         let own_logs = log_dir.join(name);
         std::fs::create_dir_all(&own_logs)?;
+        let mut command = vec![bin_dir.join("clustersync").display().to_string()];
+        command.extend(args.iter().cloned());
+        command.extend(["--port".to_string(), port.to_string(), "--logPath".to_string()]);
+        command.extend([own_logs.display().to_string(), "--acceptDisclaimer".to_string()]);
         let log = log_dir.join(format!("{name}.stderr.log"));
-        let child = Command::new(&binary)
-            .args(args)
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--logPath")
-            .arg(&own_logs)
-            .arg("--acceptDisclaimer")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(log_dir, &format!("{name}.stderr.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = spawn(&command, &log)?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(SyncProcess { child, port, log, http })
+        Ok(SyncProcess { child, port, command, log, http })
+    }
+
+    /// Stops the process with SIGTERM (SIGKILL after 30 s) and starts it again with the same
+    /// flags and state directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        self.child = spawn(&self.command, &self.log)?;
+        Ok(())
     }
 
     /// Process id.
@@ -246,6 +252,19 @@ impl Etcd {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+fn spawn(command: &[String], log: &Path) -> anyhow::Result<Child> {
+    let stderr =
+        std::fs::OpenOptions::new().append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", command[0]))
 }
 
 fn find_etcd() -> Option<PathBuf> {

@@ -549,7 +549,7 @@ impl Results {
 
         let _ = writeln!(
             out,
-            "\n### Memory (peak RSS of the clustersync process, MiB; in brackets: growth within the phase)\n"
+            "\n### Memory (peak RSS of the clustersync process, MiB; in brackets: growth within the phase; the process is restarted before the commit)\n"
         );
         let _ = writeln!(out, "| documents | copy | change application | commit (drain, restore) | verification |");
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|");

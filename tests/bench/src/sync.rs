@@ -250,6 +250,16 @@ async fn drive(
         kept_workload = Some(workload);
     }
 
+    // Restart, so the commit and its verification are measured in a fresh process rather than on
+    // top of whatever the allocator kept from the copy and the change application. (A restart is
+    // an ordinary event for clustersync: it resumes from its state directory.)
+    run.memory = sampler.finish();
+    process.restart().await?;
+    process.wait_ready().await?;
+    wait_progress(process, "canCommit after the restart", Duration::from_secs(300), |_| {}, |p| p["canCommit"] == true)
+        .await?;
+    let sampler = MemorySampler::start(process.pid().context("clustersync has no pid")?);
+
     // Commit, with verification.
     sampler.phase(Some("commit"));
     let started = Instant::now();
@@ -288,7 +298,7 @@ async fn drive(
     run.commit_seconds = started.elapsed().as_secs_f64();
     run.verify_seconds = hashing.as_secs_f64();
     run.commit_error = committed.err().map(|error| format!("{error:#}"));
-    run.memory = sampler.finish();
+    run.memory.extend(sampler.finish());
     say(format!(
         "  peak RSS MiB: {}",
         run.memory.iter().map(|(phase, m)| format!("{phase} {:.0}", m.peak_rss_mib)).collect::<Vec<_>>().join(", ")
