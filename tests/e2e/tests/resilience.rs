@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Small batches and ranges, so a modest data set makes many checkpoints and several ranges.
-const SMALL_BATCHES: &str = "worker:\n  copyBatchDocuments: 200\n  partitionBytes: 1MiB\n  taskSlots: 2\n";
+const SMALL_BATCHES: &str = "worker:\n  copyBatchDocuments: 200\n  partitionBytes: 1048576\n  taskSlots: 2\n";
 
 fn write_config(dir: &tempfile::TempDir, yaml: &str) -> String {
     let path = dir.path().join("clustersync.yaml");
