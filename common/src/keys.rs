@@ -115,12 +115,7 @@ impl Keys {
 
     /// Parses the task id out of a `tasks/`, `claims/`, `checkpoints/` or `release/` key.
     pub fn task_id_of(&self, key: &str) -> Option<TaskId> {
-        for prefix in [
-            self.tasks_prefix(),
-            self.claims_prefix(),
-            self.checkpoints_prefix(),
-            self.releases_prefix(),
-        ] {
+        for prefix in [self.tasks_prefix(), self.claims_prefix(), self.checkpoints_prefix(), self.releases_prefix()] {
             if let Some(rest) = key.strip_prefix(&prefix) {
                 return rest.parse().ok();
             }

@@ -32,10 +32,7 @@ pub struct DecodeError {
 
 /// Milliseconds since the Unix epoch, for timestamps in store values.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -821,11 +818,7 @@ mod tests {
             spec: TaskSpec::Copy(CopyTask {
                 collection: CollectionId(1),
                 ns: Namespace::new("db", "c"),
-                range: IdRange {
-                    bracket: IdBracket::Number,
-                    lower: Some(ExtBson(bson::Bson::Int64(10))),
-                    upper: None,
-                },
+                range: IdRange { bracket: IdBracket::Number, lower: Some(ExtBson(bson::Bson::Int64(10))), upper: None },
                 natural_order: false,
                 estimated_documents: 5,
                 estimated_bytes: 500,

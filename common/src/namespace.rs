@@ -272,7 +272,9 @@ mod tests {
         let include = [
             spec(serde_json::json!({"database": "sales", "collections": ["EMEA", "APAC"]})),
             spec(serde_json::json!({"database": "marketing"})),
-            spec(serde_json::json!({"database": "acc", "collectionsRegex": {"pattern": "^accounts_.+$", "options": "i"}})),
+            spec(
+                serde_json::json!({"database": "acc", "collectionsRegex": {"pattern": "^accounts_.+$", "options": "i"}}),
+            ),
         ];
         let exclude = [spec(serde_json::json!({"database": "marketing", "collections": ["secret"]}))];
         let filter = NamespaceFilter::new(&include, &exclude).unwrap();
@@ -305,6 +307,8 @@ mod tests {
         assert!(err.contains("unsupported regex option"), "{err}");
         let err = NamespaceFilter::new(&[spec(serde_json::json!({"database": "admin"}))], &[]).unwrap_err();
         assert!(err.contains("internal"), "{err}");
-        assert!(serde_json::from_value::<NamespaceFilterSpec>(serde_json::json!({"database": "a", "bogus": 1})).is_err());
+        assert!(
+            serde_json::from_value::<NamespaceFilterSpec>(serde_json::json!({"database": "a", "bogus": 1})).is_err()
+        );
     }
 }

@@ -380,7 +380,10 @@ impl Engine {
             Some(token) => StartAt::After(token),
             None => StartAt::Time(self.task.start_at),
         };
-        self.tasks.spawn(async move { ("reader", reader.run(start).await) });
+        // Every stage runs lease-bound: a holder frozen past its lease must not issue one more
+        // read, spool write or destination write once it thaws (another holder owns the stream).
+        let guarded = ctx.lease_bound(async move { reader.run(start).await });
+        self.tasks.spawn(async move { ("reader", guarded.await) });
 
         let intake = Intake {
             input: reader_rx,
@@ -394,7 +397,8 @@ impl Engine {
             live_from: live_from_tx,
             batch_events: settings.spool_batch_events.max(1),
         };
-        self.tasks.spawn(async move { ("intake", intake.run().await) });
+        let guarded = ctx.lease_bound(async move { intake.run().await });
+        self.tasks.spawn(async move { ("intake", guarded.await) });
 
         let tainted = Tainted::default();
         let shared = Arc::new(ApplierShared {
@@ -413,7 +417,8 @@ impl Engine {
             let (tx, rx) = mpsc::channel(queue);
             appliers.push(tx);
             let shared = shared.clone();
-            self.tasks.spawn(async move { ("applier", run_applier(index, rx, shared).await) });
+            let guarded = ctx.lease_bound(async move { run_applier(index, rx, shared).await });
+            self.tasks.spawn(async move { ("applier", guarded.await) });
         }
         let dispatcher = Dispatcher {
             queue: dispatch_rx,
@@ -430,7 +435,8 @@ impl Engine {
             migration: ctx.migration.clone(),
             state: ctx.state.clone(),
         };
-        self.tasks.spawn(async move { ("dispatcher", dispatcher.run().await) });
+        let guarded = ctx.lease_bound(async move { dispatcher.run().await });
+        self.tasks.spawn(async move { ("dispatcher", guarded.await) });
 
         self.drainer_parts = Some((dispatched_tx, dispatch_tx));
         if saved.stage == CdcStage::Draining {
@@ -450,7 +456,8 @@ impl Engine {
             batch: self.ctx.settings.apply_batch_events.max(1),
             budget: self.drain_budget.clone(),
         };
-        self.tasks.spawn(async move { ("drainer", drainer.run().await) });
+        let guarded = self.ctx.lease_bound(async move { drainer.run().await });
+        self.tasks.spawn(async move { ("drainer", guarded.await) });
         self.draining.send_replace(true);
     }
 

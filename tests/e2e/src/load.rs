@@ -92,21 +92,25 @@ async fn run(
             }
             53..=58 => {
                 counts.updates.fetch_add(1, Ordering::Relaxed);
-                coll.update_one(filter, doc! {"$pull": {"array": {"$in": [1, "two"]}}, "$rename": {"string": "renamed"}})
-                    .await
-                    .map(|_| ())
+                coll.update_one(
+                    filter,
+                    doc! {"$pull": {"array": {"$in": [1, "two"]}}, "$rename": {"string": "renamed"}},
+                )
+                .await
+                .map(|_| ())
             }
             59..=64 => {
                 counts.updates.fetch_add(1, Ordering::Relaxed);
-                coll.update_many(doc! {"_id": {"$gte": id, "$lt": id + 5}}, doc! {"$set": {"bulk": n}, "$max": {"int64": n}})
-                    .await
-                    .map(|_| ())
+                coll.update_many(
+                    doc! {"_id": {"$gte": id, "$lt": id + 5}},
+                    doc! {"$set": {"bulk": n}, "$max": {"int64": n}},
+                )
+                .await
+                .map(|_| ())
             }
             65..=74 => {
                 counts.replaces.fetch_add(1, Ordering::Relaxed);
-                coll.replace_one(filter, doc! {"replaced": true, "n": n, "nested": {"x": [n, n + 1]}})
-                    .await
-                    .map(|_| ())
+                coll.replace_one(filter, doc! {"replaced": true, "n": n, "nested": {"x": [n, n + 1]}}).await.map(|_| ())
             }
             75..=84 => {
                 counts.deletes.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +134,7 @@ async fn run(
             // final comparison.
             tracing::debug!(%error, "live write failed");
         }
-        if round % 50 == 0 {
+        if round.is_multiple_of(50) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

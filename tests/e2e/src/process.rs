@@ -165,7 +165,8 @@ impl SyncProcess {
             .unwrap_or_else(|e| panic!("POST {endpoint}: {e}"));
         let status = response.status().as_u16();
         let text = response.text().await.expect("reply body");
-        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {endpoint} replied non-JSON {text:?}: {e}"));
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {endpoint} replied non-JSON {text:?}: {e}"));
         (status, value)
     }
 
@@ -206,7 +207,11 @@ impl SyncProcess {
                 }
             }
             assert!(self.is_running(), "clustersync exited while waiting for {what}:\n{}", self.logs());
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last progress: {last:#}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last progress: {last:#}\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

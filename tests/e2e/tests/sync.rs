@@ -39,9 +39,7 @@ async fn load_source(clusters: &TestClusters) {
                 .build(),
             IndexModel::builder()
                 .keys(doc! {"doc.a": 1})
-                .options(
-                    IndexOptions::builder().partial_filter_expression(doc! {"int32": {"$gt": 10}}).build(),
-                )
+                .options(IndexOptions::builder().partial_filter_expression(doc! {"int32": {"$gt": 10}}).build())
                 .build(),
             IndexModel::builder()
                 .keys(doc! {"objectId": 1})
@@ -95,20 +93,17 @@ async fn replica_set_to_replica_set_with_live_writes_and_ddl() {
     assert_eq!(idle["state"], "IDLE");
 
     // Writes of every kind and DDL start before /start, so they overlap the copy.
-    let writer = LiveWriter::start(
-        clusters.source.user_client().await,
-        clusters.db("app"),
-        "people".into(),
-        3500,
-        true,
-    );
+    let writer =
+        LiveWriter::start(clusters.source.user_client().await, clusters.db("app"), "people".into(), 3500, true);
     sync.post_ok(
         "start",
         json!({"source": "cluster0", "destination": "cluster1", "includeNamespaces": clusters.include_filter()}),
     )
     .await;
 
-    // During the sync, user writes on the destination are blocked.
+    // Once setup is past (the leader blocks destination writes during setup), user writes on the
+    // destination are rejected for the rest of the sync.
+    sync.wait_for("the end of setup", TIMEOUT, |p| p["phase"] != "setup" && p["phase"] != "idle").await;
     let blocked = clusters
         .destination
         .user_client()

@@ -50,7 +50,10 @@ async fn main() {
         .expect("order indexes");
     let customers = shop.collection::<bson::Document>("customers");
     customers
-        .insert_many((0..5_000).map(|i| doc! {"_id": bson::oid::ObjectId::new(), "name": format!("customer {i}"), "tier": i % 3}))
+        .insert_many(
+            (0..5_000)
+                .map(|i| doc! {"_id": bson::oid::ObjectId::new(), "name": format!("customer {i}"), "tier": i % 3}),
+        )
         .await
         .expect("load customers");
     let audit = clusters.source.client.database(&clusters.db("audit"));
@@ -121,9 +124,10 @@ async fn main() {
     let source = data::snapshot(&clusters.source.client, &databases).await;
     let destination = data::snapshot(&clusters.destination.client, &databases).await;
     data::assert_snapshots_equal(&source, &destination);
-    let (collections, documents, indexes) = source.iter().flat_map(|(_, c)| c).fold((0, 0, 0), |acc, c| {
-        (acc.0 + 1, acc.1 + c.documents.len(), acc.2 + c.indexes.len())
-    });
+    let (collections, documents, indexes) = source
+        .iter()
+        .flat_map(|(_, c)| c)
+        .fold((0, 0, 0), |acc, c| (acc.0 + 1, acc.1 + c.documents.len(), acc.2 + c.indexes.len()));
     say(format!(
         "independent comparison: destination equals source — {collections} collections, {documents} documents, \
          {indexes} indexes, options and index properties restored"
