@@ -41,7 +41,7 @@ use clustersync_worker::settings::WorkerSettings;
 use clustersync_worker::{partition, schema};
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// First id of copy tasks; change-stream tasks take the ids below it (one per source shard).
 pub const FIRST_COPY_TASK: u64 = 1_000;
@@ -154,12 +154,23 @@ impl Leader {
             // A step's MongoDB side effects (write blocking, the commit marker, index builds)
             // are not fenced like its store writes: never let a step run on past the lease
             // deadline, e.g. in a process thawed after the leadership passed to another.
-            let Some(outcome) = LeaseBound::new(lease.clone(), term.drive(&current)).await else {
+            // Shutdown interrupts a step too: a step can retry MongoDB reads for minutes (planning
+            // against a busy source), and every step is idempotent, so the next leader redoes it.
+            let step = tokio::select! {
+                step = LeaseBound::new(lease.clone(), term.drive(&current)) => step,
+                _ = shutdown.cancelled() => break Ok(()),
+            };
+            let Some(outcome) = step else {
                 break Err(LeaderError::Store("leader lease expired during a step".into()));
             };
             match outcome {
                 Ok(()) => term.transient_failures = 0,
-                Err(LeaderError::Conflict) => {}
+                Err(LeaderError::Conflict) => {
+                    debug!(
+                        revision = current.mod_revision,
+                        "the state moved on (or the leadership) while a step ran; redoing it from the new state"
+                    );
+                }
                 Err(LeaderError::Fatal { name, description, namespace, range }) => {
                     warn!(error = %name, %description, "migration failed");
                     let failure = Failure { error: name, description, namespace, range, at_ms: model::now_ms() };
@@ -689,16 +700,23 @@ impl Term<'_> {
             }
             add(TaskSpec::VerifyMetadata(VerifyMetadataTask { ns }), &mut ops);
         }
-        // Verify tasks of an earlier leader's attempt are replaced.
+        // Verify tasks of an earlier attempt of this step (a conflict or a new leader between
+        // its txns) are replaced: ids the new set reuses are overwritten by their put (a txn may
+        // not both delete and put one key), the rest deleted. Workers claim verification tasks
+        // only once the step is `Verifying`, so none of these has run; stale checkpoints go too.
+        let written = next_id - FIRST_VERIFY_TASK;
         let (existing, _) = self.store().get_prefix(&self.keys().tasks_prefix()).await?;
-        let mut deletes: Vec<TxnOp> = existing
+        let mut all: Vec<TxnOp> = existing
             .iter()
             .filter_map(|kv| self.keys().task_id_of(&kv.key).filter(|id| id.0 >= FIRST_VERIFY_TASK))
-            .flat_map(|id| [TxnOp::delete(self.keys().task(id)), TxnOp::delete(self.keys().checkpoint(id))])
+            .flat_map(|id| {
+                let stale_task = (id.0 >= next_id).then(|| TxnOp::delete(self.keys().task(id)));
+                stale_task.into_iter().chain([TxnOp::delete(self.keys().checkpoint(id))])
+            })
             .collect();
-        deletes.extend(ops);
-        info!(tasks = next_id - FIRST_VERIFY_TASK, "verification tasks written");
-        self.put_fenced(current, deletes).await
+        all.extend(ops);
+        info!(tasks = written, "verification tasks written");
+        self.put_fenced(current, all).await
     }
 }
 

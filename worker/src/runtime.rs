@@ -234,7 +234,12 @@ impl LoopState<'_> {
         match spec {
             TaskSpec::Copy(_) => state.state == SyncState::Running && state.setup_step >= SetupStep::Planned,
             TaskSpec::ChangeStream(_) => matches!(state.state, SyncState::Running | SyncState::Committing),
-            TaskSpec::Verify(_) | TaskSpec::VerifyMetadata(_) => state.state == SyncState::Committing,
+            // Verification tasks are written in several txns and may be rewritten until the
+            // leader records `Verifying`: only then is the set final and safe to run.
+            TaskSpec::Verify(_) | TaskSpec::VerifyMetadata(_) => {
+                state.state == SyncState::Committing
+                    && state.commit.as_ref().is_some_and(|commit| commit.step >= model::CommitStep::Verifying)
+            }
         }
     }
 
