@@ -11,6 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked -p fake-mongod -p clustersync-coordinator -p clustersync-bench
+# CLUSTERSYNC_BENCH_PROFILE=dev builds with the dev profile instead (dependencies optimised, our
+# crates not), reusing the test build: CI's smoke run does, to stay within its time budget. Its
+# figures are not comparable with release runs; the report records the profile.
+profile="${CLUSTERSYNC_BENCH_PROFILE:-release}"
+case "$profile" in
+    release) profile_dir=release ;;
+    dev) profile_dir=debug ;;
+    *) echo "bench: ERROR: CLUSTERSYNC_BENCH_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
+esac
+cargo build --profile "$profile" --locked -p fake-mongod -p clustersync-coordinator -p clustersync-bench
 target_dir="${CARGO_TARGET_DIR:-target}"
-exec "$target_dir/release/clustersync-bench" --bin-dir "$target_dir/release" --out "$target_dir/bench/report.json" "$@"
+exec "$target_dir/$profile_dir/clustersync-bench" --bin-dir "$target_dir/$profile_dir" --build-profile "$profile" \
+    --out "$target_dir/bench/report.json" "$@"

@@ -13,8 +13,8 @@ if [ "$have" != "$want" ]; then
 fi
 
 if [ -z "${MONGODB_URI:-}" ]; then
-    # the same package set as spec-conformance.sh, so the two share one build
-    cargo build --release -p spec-runner -p fake-mongod
-    exec python3 tests/pymongo/smoke.py --binary "${CARGO_TARGET_DIR:-target}/release/fake-mongod"
+    # the same package set and profile as spec-conformance.sh, so the two share one build
+    cargo build -p spec-runner -p fake-mongod
+    exec python3 tests/pymongo/smoke.py --binary "${CARGO_TARGET_DIR:-target}/debug/fake-mongod"
 fi
 exec python3 tests/pymongo/smoke.py

@@ -17,8 +17,10 @@ fi
 spec_dir=$(cd "$spec_dir" && pwd)
 
 # one build for both scripts: the same package set keeps dependency features (and artifacts) shared
-cargo build --release -p spec-runner -p fake-mongod
-exec "${CARGO_TARGET_DIR:-target}/release/spec-runner" \
+# The dev profile (dependencies optimised, see Cargo.toml) reuses the build of `cargo nextest`
+# in scripts/test.sh instead of compiling everything again in release mode.
+cargo build -p spec-runner -p fake-mongod
+exec "${CARGO_TARGET_DIR:-target}/debug/spec-runner" \
     --spec-dir "$spec_dir" \
     --expected tests/spec-runner/expected-pass.txt \
     "$@"

@@ -67,6 +67,9 @@ struct Args {
     /// directory of this binary].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The cargo profile the binaries in `--bin-dir` were built with, for the report.
+    #[arg(long, default_value = "release")]
+    build_profile: String,
     /// Where the JSON report goes [default: <bin dir>/../bench/report.json].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -182,7 +185,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         None => (json!(clustersync_worker::settings::WorkerSettings::default()), "defaults".to_string()),
     };
     let ctx = Context { bin_dir: bin_dir.clone(), log_dir: log_dir.clone(), config: args.config.clone() };
-    let machine = Machine::detect();
+    let mut machine = Machine::detect();
+    machine.build_profile = args.build_profile.clone();
     say(format!(
         "{} documents, load phases of {phase_seconds} s, {} cores, logs in {}",
         documents,

@@ -62,6 +62,9 @@ pub struct Machine {
     pub load_average_start: Option<f64>,
     /// 1-minute load average when the run ended.
     pub load_average_end: Option<f64>,
+    /// The cargo profile the binaries were built with (`release`, or `dev` in CI's smoke run,
+    /// whose figures are not comparable).
+    pub build_profile: String,
 }
 
 /// The 1-minute load average.
@@ -104,6 +107,7 @@ impl Machine {
             commit,
             load_average_start: load_average(),
             load_average_end: None,
+            build_profile: "release".into(),
         }
     }
 }
@@ -447,7 +451,8 @@ impl Results {
         let load = |l: Option<f64>| l.map_or("?".into(), |l| format!("{l:.2}"));
         let _ = writeln!(
             out,
-            "Machine: {} cores ({}), {:.1} GiB RAM, Linux {}, {}{}; load average {} at the start, {} at the end.  ",
+            "Machine: {} cores ({}), {:.1} GiB RAM, Linux {}, {}{}; load average {} at the start, {} at the end; \
+             {} build.  ",
             m.cores,
             m.cpu,
             m.memory_gib,
@@ -456,6 +461,7 @@ impl Results {
             m.commit.as_ref().map(|c| format!(", commit {c}")).unwrap_or_default(),
             load(m.load_average_start),
             load(m.load_average_end),
+            m.build_profile,
         );
         let _ = writeln!(out, "clustersync worker settings ({}): `{}`\n", self.settings_source, self.settings);
 
