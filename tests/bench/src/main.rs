@@ -287,7 +287,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     source.stop().await;
-    let mut machine = machine;
     machine.load_average_end = report::load_average();
 
     let results = Results {
