@@ -20,7 +20,12 @@ case "$profile" in
     dev) profile_dir=debug ;;
     *) echo "bench: ERROR: CLUSTERSYNC_BENCH_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
 esac
-cargo build --profile "$profile" --locked -p fake-mongod -p clustersync-coordinator -p clustersync-bench
+if [ "$profile" = dev ]; then
+    # The test build's package set and features, so its artifacts are reused as they are.
+    cargo build --locked --workspace --all-targets
+else
+    cargo build --release --locked -p fake-mongod -p clustersync-coordinator -p clustersync-bench
+fi
 target_dir="${CARGO_TARGET_DIR:-target}"
 exec "$target_dir/$profile_dir/clustersync-bench" --bin-dir "$target_dir/$profile_dir" --build-profile "$profile" \
     --out "$target_dir/bench/report.json" "$@"

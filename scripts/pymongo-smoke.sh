@@ -14,7 +14,7 @@ fi
 
 if [ -z "${MONGODB_URI:-}" ]; then
     # the same package set and profile as spec-conformance.sh, so the two share one build
-    cargo build -p spec-runner -p fake-mongod
+    cargo build --workspace --all-targets
     exec python3 tests/pymongo/smoke.py --binary "${CARGO_TARGET_DIR:-target}/debug/fake-mongod"
 fi
 exec python3 tests/pymongo/smoke.py

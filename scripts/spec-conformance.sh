@@ -17,9 +17,10 @@ fi
 spec_dir=$(cd "$spec_dir" && pwd)
 
 # one build for both scripts: the same package set keeps dependency features (and artifacts) shared
-# The dev profile (dependencies optimised, see Cargo.toml) reuses the build of `cargo nextest`
-# in scripts/test.sh instead of compiling everything again in release mode.
-cargo build -p spec-runner -p fake-mongod
+# The dev profile (dependencies optimised, see Cargo.toml) and the whole workspace with every
+# target: the same package set and features as `cargo nextest run --workspace` in
+# scripts/test.sh, whose build this then reuses instead of compiling dependencies again.
+cargo build --workspace --all-targets
 exec "${CARGO_TARGET_DIR:-target}/debug/spec-runner" \
     --spec-dir "$spec_dir" \
     --expected tests/spec-runner/expected-pass.txt \
