@@ -36,6 +36,63 @@ fn bracket(v: &Bson) -> u8 {
     }
 }
 
+/// The comparison bracket of a value (its [`type_rank`], with undefined in the null
+/// bracket): values of different brackets compare by bracket alone.
+pub fn bracket_of(v: &Bson) -> u8 {
+    bracket(v)
+}
+
+/// Every comparison bracket, lowest first.
+pub const BRACKETS: [u8; 16] = [1, 3, 10, 15, 20, 25, 30, 35, 40, 45, 47, 50, 55, 60, 65, 127];
+
+/// The bracket after `b` (None after MaxKey's).
+pub fn next_bracket(b: u8) -> Option<u8> {
+    BRACKETS.iter().copied().find(|x| *x > b)
+}
+
+/// The smallest value of a bracket (every value of the bracket compares greater or equal,
+/// under any collation). `b` must be one of [`BRACKETS`].
+pub fn bracket_floor(b: u8) -> Bson {
+    match b {
+        1 => Bson::MinKey,
+        3 => Bson::Null,
+        10 => Bson::Double(f64::NAN),
+        15 => Bson::String(String::new()),
+        20 => Bson::Document(Document::new()),
+        25 => Bson::Array(Vec::new()),
+        30 => Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: Vec::new() }),
+        35 => Bson::ObjectId(bson::oid::ObjectId::from_bytes([0; 12])),
+        40 => Bson::Boolean(false),
+        45 => Bson::DateTime(bson::DateTime::from_millis(i64::MIN)),
+        47 => Bson::Timestamp(bson::Timestamp { time: 0, increment: 0 }),
+        50 => Bson::RegularExpression(bson::Regex { pattern: String::new(), options: String::new() }),
+        55 => db_pointer(),
+        60 => Bson::JavaScriptCode(String::new()),
+        65 => {
+            Bson::JavaScriptCodeWithScope(bson::JavaScriptCodeWithScope { code: String::new(), scope: Document::new() })
+        }
+        _ => Bson::MaxKey,
+    }
+}
+
+/// A DBPointer (they all compare equal); the type has no public constructor, so it is
+/// decoded from its BSON bytes.
+fn db_pointer() -> Bson {
+    // {p: DBPointer("", ObjectId("000000000000000000000000"))}
+    let mut body = vec![0x0C, b'p', 0];
+    body.extend(1i32.to_le_bytes());
+    body.push(0);
+    body.extend([0u8; 12]);
+    let mut bytes = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+    bytes.extend(body);
+    bytes.push(0);
+    bson::RawDocumentBuf::from_bytes(bytes)
+        .ok()
+        .and_then(|d| d.to_document().ok())
+        .and_then(|mut d| d.remove("p"))
+        .unwrap_or(Bson::MaxKey)
+}
+
 /// True for int, long, double and decimal.
 pub fn is_number(v: &Bson) -> bool {
     matches!(v, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
@@ -187,6 +244,12 @@ pub fn with_statement_collation<T>(collation: Option<&Document>, f: impl FnOnce(
     let out = f();
     CASE_INSENSITIVE.with(|c| c.set(prev));
     out
+}
+
+/// True while string comparisons are case-insensitive (see [`with_collation`]): `_id`
+/// keys are stored in simple order, so string bounds cannot be used to seek them then.
+pub fn case_insensitive() -> bool {
+    CASE_INSENSITIVE.with(|c| c.get())
 }
 
 fn cmp_strings(x: &str, y: &str) -> Ordering {
@@ -356,6 +419,22 @@ mod tests {
         for w in vals.windows(2) {
             assert_eq!(compare(&w[0], &w[1]), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
         }
+        for w in vals.windows(2) {
+            let (a, b) = (bracket_of(&w[0]), bracket_of(&w[1]));
+            if a != b {
+                // the floor of a bracket sorts above everything before it and at or below its values
+                assert_eq!(compare(&w[0], &bracket_floor(b)), Ordering::Less, "{:?}", w[0]);
+                assert_ne!(compare(&bracket_floor(b), &w[1]), Ordering::Greater, "{:?}", w[1]);
+            }
+        }
+        for b in BRACKETS {
+            assert_eq!(bracket_of(&bracket_floor(b)), b);
+            if let Some(n) = next_bracket(b) {
+                assert_eq!(compare(&bracket_floor(b), &bracket_floor(n)), Ordering::Less);
+            }
+        }
+        assert!(matches!(bracket_floor(55), Bson::DbPointer(_)));
+        assert_eq!(next_bracket(127), None);
         assert!(values_equal(&Bson::Int32(1), &Bson::Double(1.0)));
         assert!(values_equal(&Bson::Int64(3), &Bson::Int32(3)));
         assert_eq!(compare(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)), Ordering::Less);

@@ -8,6 +8,7 @@
 //! - [`bson_order`]: MongoDB's BSON comparison order and value helpers.
 //! - [`storage`]: databases, collections (raw documents keyed by `_id`), indexes with
 //!   unique enforcement, capped collections, views.
+//! - [`keyset`]: ranges of `_id` keys the planner walks instead of whole collections.
 //! - [`query`]: the filter matcher (query operators, array / dotted path semantics).
 //! - [`update`]: update operators, pipeline updates, and change stream `updateDescription`.
 //! - [`projection`]: find projections and `$project`.
@@ -28,6 +29,7 @@ pub mod change_stream;
 pub mod commands;
 pub mod error;
 pub mod failpoint;
+pub mod keyset;
 pub mod oplog;
 pub mod projection;
 pub mod query;

@@ -6,8 +6,9 @@ use std::cmp::Ordering;
 use bson::{Bson, Document};
 
 use crate::aggregate::expr::{Vars, eval};
-use crate::bson_order::{as_f64, as_i64, compare, is_number, type_alias, type_code, values_equal};
+use crate::bson_order::{Key, as_f64, as_i64, compare, is_number, type_alias, type_code, values_equal};
 use crate::error::{Error, Result};
+use crate::keyset::KeySet;
 
 /// A value found at a path (None = the path is missing).
 #[derive(Debug, Clone, Copy)]
@@ -55,11 +56,16 @@ fn walk<'a>(cur: &'a Bson, parts: &[&str], out: &mut Vec<Cand<'a>>, idx: Option<
 /// Every value at a dotted path, MongoDB-style.
 pub fn candidates<'a>(doc: &'a Document, path: &str) -> Vec<Cand<'a>> {
     let parts: Vec<&str> = path.split('.').collect();
-    let mut out = Vec::new();
     match doc.get(parts[0]) {
-        Some(v) => walk(v, &parts[1..], &mut out, None),
-        None => out.push(Cand { v: None, expanded: false, idx: None }),
+        Some(v) => candidates_below(v, &parts[1..]),
+        None => vec![Cand { v: None, expanded: false, idx: None }],
     }
+}
+
+/// Every value at the path `parts` below the top-level value `v`.
+fn candidates_below<'a>(v: &'a Bson, parts: &[&str]) -> Vec<Cand<'a>> {
+    let mut out = Vec::new();
+    walk(v, parts, &mut out, None);
     if out.is_empty() {
         out.push(Cand { v: None, expanded: false, idx: None });
     }
@@ -437,12 +443,224 @@ impl Node {
         }
     }
 
+    /// True when only the document's `_id` decides the match: every condition is on `_id`
+    /// or a path below it (see [`Node::matches_id`]).
+    pub fn id_only(&self) -> bool {
+        match self {
+            Node::Field(path, _) => id_path(path).is_some(),
+            Node::And(ns) | Node::Or(ns) | Node::Nor(ns) => ns.iter().all(Node::id_only),
+            Node::Const(_) => true,
+            Node::Expr(_) | Node::Schema(_) => false,
+        }
+    }
+
+    /// Matches a document by its `_id` value alone; the same answer as [`Node::matches`] on
+    /// the whole document for [`Node::id_only`] nodes.
+    pub fn matches_id(&self, id: &Bson, vars: &Vars) -> bool {
+        match self {
+            Node::Const(b) => *b,
+            Node::And(ns) => ns.iter().all(|n| n.matches_id(id, vars)),
+            Node::Or(ns) => ns.iter().any(|n| n.matches_id(id, vars)),
+            Node::Nor(ns) => !ns.iter().any(|n| n.matches_id(id, vars)),
+            Node::Field(path, FieldOps(ops)) => {
+                let Some(rest) = id_path(path) else { return false };
+                let cands = candidates_below(id, &rest);
+                let mut ctx = Ctx { vars, pos: None };
+                ops.iter().all(|op| op_matches(op, &cands, &mut ctx))
+            }
+            Node::Expr(_) | Node::Schema(_) => false,
+        }
+    }
+
+    /// The `_id` keys an [`Node::id_only`] node can match: a superset of them, as ranges of
+    /// the `_id` index (tight for comparisons, `$in`, `$type` and `$not` of those).
+    pub fn id_keys(&self) -> KeySet {
+        self.keys(Approx::Over)
+    }
+
+    fn keys(&self, mode: Approx) -> KeySet {
+        match self {
+            Node::Const(true) => KeySet::all(),
+            Node::Const(false) => KeySet::empty(),
+            Node::And(ns) => ns.iter().fold(KeySet::all(), |acc, n| acc.intersect(&n.keys(mode))),
+            Node::Or(ns) => KeySet::union_all(ns.iter().map(|n| n.keys(mode))),
+            Node::Nor(ns) => KeySet::union_all(ns.iter().map(|n| n.keys(mode.flip()))).complement(),
+            Node::Field(path, FieldOps(ops)) if path == "_id" => ops_keys(ops, mode),
+            _ => mode.unknown(),
+        }
+    }
+
     /// Matches a bare value (used by `$elemMatch` on scalars and `$pull` conditions).
     pub fn matches_value(&self, v: &Bson, vars: &Vars) -> bool {
         match v {
             Bson::Document(d) => self.matches(d, vars),
             _ => false,
         }
+    }
+}
+
+/// The path below `_id` of a path on `_id` (empty for `_id` itself).
+fn id_path(path: &str) -> Option<Vec<&str>> {
+    let mut parts = path.split('.');
+    (parts.next() == Some("_id")).then(|| parts.collect())
+}
+
+/// Which side a key set errs on: `Over` may hold keys that do not match, `Under` holds only
+/// matching keys (what the complement of `$not` / `$nor` needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approx {
+    Over,
+    Under,
+}
+
+impl Approx {
+    fn flip(self) -> Approx {
+        match self {
+            Approx::Over => Approx::Under,
+            Approx::Under => Approx::Over,
+        }
+    }
+
+    /// The set when nothing is known.
+    fn unknown(self) -> KeySet {
+        match self {
+            Approx::Over => KeySet::all(),
+            Approx::Under => KeySet::empty(),
+        }
+    }
+
+    /// The set of `known` keys when over-approximating, nothing otherwise.
+    fn only_over(self, known: impl FnOnce() -> KeySet) -> KeySet {
+        match self {
+            Approx::Over => known(),
+            Approx::Under => KeySet::empty(),
+        }
+    }
+}
+
+/// Under a case-insensitive collation, values of these brackets (strings, and documents,
+/// arrays and code with scope that may hold strings) compare in another order than the
+/// `_id` index keeps, so only whole brackets can be sought.
+fn collation_sensitive(bracket: u8) -> bool {
+    matches!(bracket, 15 | 20 | 25 | 65) && crate::bson_order::case_insensitive()
+}
+
+fn is_nan_number(v: &Bson) -> bool {
+    is_number(v) && as_f64(v).is_some_and(f64::is_nan)
+}
+
+/// The `$type` codes of each comparison bracket.
+fn bracket_codes(bracket: u8) -> &'static [i32] {
+    match bracket {
+        1 => &[-1],
+        3 => &[6, 10],
+        10 => &[1, 16, 18, 19],
+        15 => &[2, 14],
+        20 => &[3],
+        25 => &[4],
+        30 => &[5],
+        35 => &[7],
+        40 => &[8],
+        45 => &[9],
+        47 => &[17],
+        50 => &[11],
+        55 => &[12],
+        60 => &[13],
+        65 => &[15],
+        127 => &[127],
+        _ => &[],
+    }
+}
+
+fn sel_has_code(sel: &TypeSel, code: i32) -> bool {
+    match sel {
+        TypeSel::Number => matches!(code, 1 | 16 | 18 | 19),
+        TypeSel::Code(c) => *c == code,
+    }
+}
+
+fn ops_keys(ops: &[Op], mode: Approx) -> KeySet {
+    ops.iter().fold(KeySet::all(), |acc, op| if acc.is_empty() { acc } else { acc.intersect(&op_keys(op, mode)) })
+}
+
+/// The keys equal to `t` (`$eq` on `_id`).
+fn eq_keys(t: &Bson, mode: Approx) -> KeySet {
+    let b = crate::bson_order::bracket_of(t);
+    match mode {
+        Approx::Over if collation_sensitive(b) => KeySet::bracket(b),
+        Approx::Over => KeySet::point(t),
+        // `$eq: undefined` does not match a null `_id`, which has the same key
+        Approx::Under if collation_sensitive(b) || matches!(t, Bson::Undefined | Bson::Array(_)) => KeySet::empty(),
+        Approx::Under => KeySet::point(t),
+    }
+}
+
+/// The keys `$gt`/`$gte` (`up`) or `$lt`/`$lte` compared with `t` can match (see `cmp_op`).
+fn cmp_keys(t: &Bson, up: bool, strict: bool, mode: Approx) -> KeySet {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let at = if strict { Excluded(Key(t.clone())) } else { Included(Key(t.clone())) };
+    if matches!(t, Bson::MinKey | Bson::MaxKey) {
+        // compared across brackets
+        return match mode {
+            Approx::Over if up => KeySet::range(at, Unbounded),
+            Approx::Over => KeySet::range(Unbounded, at),
+            Approx::Under => KeySet::empty(),
+        };
+    }
+    let b = crate::bson_order::bracket_of(t);
+    if collation_sensitive(b) {
+        return mode.only_over(|| KeySet::bracket(b));
+    }
+    if mode == Approx::Under && is_nan_number(t) {
+        return KeySet::empty();
+    }
+    if up {
+        return KeySet::range(at, KeySet::bracket_end(b));
+    }
+    let lo = match (b, mode) {
+        // MinKey passes the bracket check against null (ranks below null count as null)
+        (3, Approx::Over) => Unbounded,
+        // NaN matches no comparison with a number
+        (10, Approx::Under) => Excluded(Key(Bson::Double(f64::NAN))),
+        _ => Included(Key(crate::bson_order::bracket_floor(b))),
+    };
+    KeySet::range(lo, at)
+}
+
+/// The keys a single operator on `_id` can match (`Over`) or surely matches (`Under`).
+/// `_id` values are never arrays, so array-only operators match nothing beyond the array
+/// bracket.
+fn op_keys(op: &Op, mode: Approx) -> KeySet {
+    match op {
+        Op::Eq(t) => eq_keys(t, mode),
+        Op::In(vals, _) => KeySet::union_all(vals.iter().map(|t| match t {
+            // a regex matches strings, and equal regexes
+            Bson::RegularExpression(_) => mode.only_over(|| KeySet::bracket(15).union(&KeySet::bracket(50))),
+            t => eq_keys(t, mode),
+        })),
+        Op::Gt(t) => cmp_keys(t, true, true, mode),
+        Op::Gte(t) => cmp_keys(t, true, false, mode),
+        Op::Lt(t) => cmp_keys(t, false, true, mode),
+        Op::Lte(t) => cmp_keys(t, false, false, mode),
+        Op::Exists(true) => KeySet::all(),
+        Op::Exists(false) => KeySet::empty(),
+        Op::Type(sels) => {
+            let keep = |b: &u8| match mode {
+                Approx::Over => bracket_codes(*b).iter().any(|c| sels.iter().any(|s| sel_has_code(s, *c))),
+                Approx::Under => bracket_codes(*b).iter().all(|c| sels.iter().any(|s| sel_has_code(s, *c))),
+            };
+            KeySet::union_all(crate::bson_order::BRACKETS.iter().filter(|b| keep(b)).map(|b| KeySet::bracket(*b)))
+        }
+        Op::Size(_) | Op::ElemMatchValue(_) | Op::ElemMatchDoc(_) | Op::AllElemMatch(_) => {
+            mode.only_over(|| KeySet::bracket(25))
+        }
+        Op::Mod(..) | Op::BitsAllSet(_) | Op::BitsAnySet(_) | Op::BitsAllClear(_) | Op::BitsAnyClear(_) => {
+            mode.only_over(|| KeySet::bracket(10))
+        }
+        Op::Regex(_) => mode.only_over(|| KeySet::bracket(15).union(&KeySet::bracket(50))),
+        Op::All(vals) if vals.is_empty() => KeySet::empty(),
+        Op::All(_) => mode.unknown(),
+        Op::Not(inner) => ops_keys(inner, mode.flip()).complement(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use bson::{Document, doc};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -53,6 +53,10 @@ impl Default for ServerOptions {
 }
 
 /// Mutable server state, guarded by one mutex that is never held across I/O.
+///
+/// Long commands hold it for as long as they run, so async code never waits for it on a
+/// runtime worker thread ([`Shared::lock_state`]), and `hello` and reply headers read the
+/// few fields they need from a [`StateView`] instead of waiting ([`Shared::view`]).
 pub struct State {
     /// Databases and collections.
     pub catalog: Catalog,
@@ -64,8 +68,6 @@ pub struct State {
     pub next_cursor_id: i64,
     /// Sessions and transactions.
     pub sessions: Sessions,
-    /// Fail points.
-    pub failpoints: FailPoints,
     /// `setUserWriteBlockMode` state.
     pub write_blocked: bool,
     /// While set and in the future, the node is a secondary.
@@ -94,6 +96,61 @@ impl State {
     }
 }
 
+/// The fields of [`State`] that `hello` and every reply's `$clusterTime` need.
+#[derive(Debug, Clone)]
+pub struct StateView {
+    /// See [`State::stepped_down_until`].
+    pub stepped_down_until: Option<Instant>,
+    /// The last optime.
+    pub last_ts: bson::Timestamp,
+    /// Election term.
+    pub term: i64,
+    /// topologyVersion counter.
+    pub topology_counter: i64,
+    /// Current election id.
+    pub election_id: ObjectId,
+    /// See [`State::fast_hello_until`].
+    pub fast_hello_until: Option<Instant>,
+}
+
+impl StateView {
+    /// The view of the current state.
+    pub fn of(st: &State) -> StateView {
+        StateView {
+            stepped_down_until: st.stepped_down_until,
+            last_ts: st.oplog.last_ts(),
+            term: st.term,
+            topology_counter: st.topology_counter,
+            election_id: st.election_id,
+            fast_hello_until: st.fast_hello_until,
+        }
+    }
+
+    /// True while stepped down.
+    pub fn is_secondary(&self) -> bool {
+        self.stepped_down_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// Runs blocking work (waiting for the state lock, or a long command) so that the runtime's
+/// worker threads keep serving other connections meanwhile: on a multi-threaded runtime the
+/// worker hands its other tasks to a fresh thread for the duration. Elsewhere it just runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Clears the published view when dropped (before the state guard it was published for).
+struct Published<'a>(&'a Mutex<Option<StateView>>);
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = None;
+    }
+}
+
 /// Everything shared by connections.
 pub struct Shared {
     /// Options.
@@ -102,6 +159,12 @@ pub struct Shared {
     pub port: AtomicU16,
     /// State.
     pub state: Mutex<State>,
+    /// The view of the state at the time the current holder of the state lock took it, while
+    /// that holder is a command (which changes none of the view's fields but the optime, and
+    /// that only as its own writes are applied). See [`Shared::view`].
+    pub busy_view: Mutex<Option<StateView>>,
+    /// Fail points (outside the state so that checking them never waits for a long command).
+    pub failpoints: Mutex<FailPoints>,
     /// Woken on every oplog append.
     pub oplog_notify: Notify,
     /// Topology version counter changes.
@@ -142,7 +205,6 @@ impl Shared {
                 cursors: HashMap::new(),
                 next_cursor_id: 1,
                 sessions: Sessions::default(),
-                failpoints: FailPoints::default(),
                 write_blocked: false,
                 stepped_down_until: None,
                 topology_counter: 0,
@@ -153,6 +215,8 @@ impl Shared {
                 ttl_interval: Duration::from_secs(60),
                 last_ttl: Instant::now(),
             }),
+            busy_view: Mutex::new(None),
+            failpoints: Mutex::new(FailPoints::default()),
             oplog_notify: Notify::new(),
             topology_tx,
             kill_tx,
@@ -160,6 +224,49 @@ impl Shared {
             next_conn_id: AtomicI64::new(1),
             started: Instant::now(),
             shutdown: Notify::new(),
+        })
+    }
+
+    /// Locks the state; if it is busy, waits without taking a runtime worker out of service.
+    pub fn lock_state(&self) -> MutexGuard<'_, State> {
+        match self.state.try_lock() {
+            Some(g) => g,
+            None => blocking(|| self.state.lock()),
+        }
+    }
+
+    /// Runs `f` under the state lock (see [`Shared::lock_state`]), on a thread that may block
+    /// for as long as `f` runs, with the view of the state published for [`Shared::view`].
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        blocking(|| {
+            let mut guard = self.state.lock();
+            *self.busy_view.lock() = Some(StateView::of(&guard));
+            let _published = Published(&self.busy_view);
+            f(&mut guard)
+        })
+    }
+
+    /// The current [`StateView`]. When a command holds the state lock this is the view it
+    /// published (nothing in it changes while the command runs, except the optime of its own
+    /// unacknowledged writes), so `hello` answers at once during long queries.
+    pub fn view(&self) -> StateView {
+        if let Some(g) = self.state.try_lock() {
+            return StateView::of(&g);
+        }
+        if let Some(v) = self.busy_view.lock().clone() {
+            return v;
+        }
+        blocking(|| {
+            // the holder may be about to publish its view, or be a short internal task
+            for _ in 0..20 {
+                if let Some(g) = self.state.try_lock_for(Duration::from_millis(1)) {
+                    return StateView::of(&g);
+                }
+                if let Some(v) = self.busy_view.lock().clone() {
+                    return v;
+                }
+            }
+            StateView::of(&self.state.lock())
         })
     }
 
@@ -184,7 +291,7 @@ impl Shared {
     /// Steps down for `d`, then becomes primary again.
     pub fn step_down(self: &Arc<Self>, d: Duration) {
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock_state();
             st.stepped_down_until = Some(Instant::now() + d);
             self.bump_topology(&mut st);
         }
@@ -193,7 +300,7 @@ impl Shared {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
-            let mut st = me.state.lock();
+            let mut st = me.lock_state();
             if st.stepped_down_until.is_some_and(|t| Instant::now() >= t) {
                 st.stepped_down_until = None;
                 st.election_id = ObjectId::new();
@@ -206,7 +313,7 @@ impl Shared {
 
     /// Keeps only the newest oplog entry.
     pub fn truncate_oplog(&self) {
-        self.state.lock().oplog.truncate();
+        self.lock_state().oplog.truncate();
         tracing::info!("oplog truncated");
     }
 
@@ -276,7 +383,7 @@ async fn noop_writer(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(interval).await;
         let wrote = {
-            let mut st = shared.state.lock();
+            let mut st = shared.lock_state();
             if st.last_write.elapsed() >= interval && !st.is_secondary() {
                 st.oplog.append(
                     vec![Pending {
@@ -307,15 +414,14 @@ async fn reaper(shared: Arc<Shared>) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         ticks += 1;
         let ttl_due = {
-            let st = shared.state.lock();
+            let st = shared.lock_state();
             st.last_ttl.elapsed() >= st.ttl_interval
         };
         if ttl_due {
-            let removed = {
-                let mut st = shared.state.lock();
+            let removed = shared.with_state(|st| {
                 st.last_ttl = Instant::now();
-                crate::ttl::run_pass(&mut st)
-            };
+                crate::ttl::run_pass(st)
+            });
             if removed > 0 {
                 tracing::debug!(removed, "ttl monitor removed expired documents");
                 shared.notify_oplog();
@@ -324,7 +430,7 @@ async fn reaper(shared: Arc<Shared>) {
         if !ticks.is_multiple_of(10) {
             continue;
         }
-        let mut st = shared.state.lock();
+        let mut st = shared.lock_state();
         let before = st.cursors.len();
         st.cursors.retain(|_, c| c.no_timeout || c.last_used.elapsed() < Duration::from_secs(600));
         let reaped = before - st.cursors.len();

@@ -10,14 +10,14 @@ use bson::{Bson, Document, doc};
 use super::{Ctx, Reply};
 use crate::error::{Error, Result};
 use crate::oplog::{Kind, Pending};
-use crate::server::State;
+use crate::server::{State, StateView};
 
 const SUPPORTED_COMPRESSORS: [&str; 2] = ["snappy", "zlib"];
 
-fn hello_doc(ctx: &Ctx, st: &State, legacy: bool) -> Document {
+fn hello_doc(ctx: &Ctx, st: &StateView, legacy: bool) -> Document {
     let hp = ctx.shared.host_port();
     let primary = !st.is_secondary();
-    let ts = st.oplog.last_ts();
+    let ts = st.last_ts;
     let now = bson::DateTime::now();
     let optime = doc! {"ts": ts, "t": st.term};
     let mut d = Document::new();
@@ -83,14 +83,15 @@ pub async fn hello(ctx: &mut Ctx<'_>) -> Result<Reply> {
         let counter = tv.get("counter").and_then(crate::bson_order::as_i64).unwrap_or(-1);
         let mut rx = ctx.shared.topology_tx.subscribe();
         let (current, fast) = {
-            let st = ctx.shared.state.lock();
+            let st = ctx.shared.view();
             (st.topology_counter, st.fast_hello_until.is_some_and(|t| std::time::Instant::now() < t))
         };
         if same_process && counter == current && !fast {
             let _ = tokio::time::timeout(Duration::from_millis(max_wait.max(0) as u64), rx.changed()).await;
         }
     }
-    let st = ctx.shared.state.lock();
+    // never waits for a long command: see `Shared::view`
+    let st = ctx.shared.view();
     Ok(Reply::Doc(hello_doc(ctx, &st, legacy)))
 }
 

@@ -50,74 +50,9 @@ pub struct ScanOpts<'a> {
     pub keep_decoded: bool,
 }
 
-fn id_only_filter(filter: &Document) -> Option<Vec<(String, Bson)>> {
-    if filter.len() != 1 {
-        return None;
-    }
-    let v = filter.get("_id")?;
-    match v {
-        Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')) => {
-            let mut ops = Vec::new();
-            for (k, x) in d {
-                match k.as_str() {
-                    "$eq" | "$gt" | "$gte" | "$lt" | "$lte" => {
-                        if matches!(
-                            x,
-                            Bson::Document(_)
-                                | Bson::Array(_)
-                                | Bson::RegularExpression(_)
-                                | Bson::Null
-                                | Bson::MinKey
-                                | Bson::MaxKey
-                                | Bson::Undefined
-                        ) {
-                            return None;
-                        }
-                        ops.push((k.clone(), x.clone()))
-                    }
-                    "$in" => {
-                        let arr = x.as_array()?;
-                        if arr.iter().any(|e| {
-                            matches!(e, Bson::Document(_) | Bson::Array(_) | Bson::RegularExpression(_) | Bson::Null)
-                        }) {
-                            return None;
-                        }
-                        ops.push((k.clone(), x.clone()))
-                    }
-                    _ => return None,
-                }
-            }
-            Some(ops)
-        }
-        Bson::Array(_) | Bson::RegularExpression(_) | Bson::Null | Bson::Undefined => None,
-        Bson::Document(_) => Some(vec![("$eq".into(), v.clone())]),
-        other => Some(vec![("$eq".into(), other.clone())]),
-    }
-}
-
-fn id_ops_match(id: &Bson, ops: &[(String, Bson)]) -> bool {
-    use std::cmp::Ordering::*;
-    ops.iter().all(|(op, t)| {
-        if op == "$in" {
-            return t.as_array().is_some_and(|a| a.iter().any(|x| same_bracket(id, x) && values_equal(id, x)));
-        }
-        if !same_bracket(id, t) {
-            return false;
-        }
-        let o = compare(id, t);
-        match op.as_str() {
-            "$eq" => o == Equal,
-            "$gt" => o == Greater,
-            "$gte" => o != Less,
-            "$lt" => o == Less,
-            _ => o != Greater,
-        }
-    })
-}
-
-fn same_bracket(a: &Bson, b: &Bson) -> bool {
-    let r = |v: &Bson| crate::bson_order::type_rank(v);
-    r(a) == r(b) || (crate::bson_order::is_number(a) && crate::bson_order::is_number(b))
+/// The `_id` of a stored document, read without decoding the rest.
+fn raw_id(d: &Doc) -> Option<Bson> {
+    d.get("_id").ok().flatten().and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
 }
 
 /// Validates an index hint.
@@ -141,6 +76,11 @@ pub fn check_hint(c: Option<&Collection>, hint: Option<&Bson>) -> Result<()> {
 }
 
 /// Runs a query over a collection.
+///
+/// A filter that only looks at `_id` (see [`Node::id_only`]) is matched on the `_id` value
+/// alone, without decoding documents, and on collections with an `_id` index only the key
+/// ranges it can match are walked ([`Node::id_keys`]), in `_id` order (descending for a
+/// descending `_id` sort), stopping after `skip + limit` hits unless another sort follows.
 pub fn scan(c: &Collection, o: &ScanOpts) -> Result<Vec<Hit>> {
     check_hint(Some(c), o.hint)?;
     let default_vars = Vars::default();
@@ -157,7 +97,9 @@ pub fn scan(c: &Collection, o: &ScanOpts) -> Result<Vec<Hit>> {
         Some(f) => Some(query::compile(f)?),
         None => None,
     };
-    let id_ops = if c.id_indexed() { filter.and_then(id_only_filter) } else { None };
+    let id_node = node.as_ref().filter(|n| n.id_only());
+    let natural = sort_spec.as_ref().is_some_and(|s| s.len() == 1 && s[0].0 == "$natural")
+        || matches!(o.hint, Some(Bson::Document(h)) if h.contains_key("$natural"));
     let limit_early = if sort_spec.is_none() || id_sort.is_some() {
         if o.limit > 0 { Some(o.skip + o.limit) } else { None }
     } else {
@@ -169,6 +111,12 @@ pub fn scan(c: &Collection, o: &ScanOpts) -> Result<Vec<Hit>> {
         match &node {
             None => hits.push(Hit { rid, doc: Arc::clone(d), decoded: None, pos: None }),
             Some(n) => {
+                if let Some(id) = id_node.and_then(|_| raw_id(d)) {
+                    if n.matches_id(&id, vars) {
+                        hits.push(Hit { rid, doc: Arc::clone(d), decoded: None, pos: None });
+                    }
+                    return Ok(());
+                }
                 let dec = d.to_document()?;
                 let (m, pos) = n.matches_pos(&dec, vars);
                 if m {
@@ -191,48 +139,18 @@ pub fn scan(c: &Collection, o: &ScanOpts) -> Result<Vec<Hit>> {
         }
         true
     };
-    let use_ids = c.id_indexed() && (id_ops.is_some() || id_sort.is_some() || o.min.is_some() || o.max.is_some());
-    if let Some(ops) = &id_ops {
-        // point lookups for $eq / $in, range walk otherwise
-        let eq: Option<Vec<Bson>> = ops.iter().find_map(|(op, v)| match op.as_str() {
-            "$eq" => Some(vec![v.clone()]),
-            "$in" => v.as_array().cloned(),
-            _ => None,
-        });
-        if let Some(mut keys) = eq {
-            keys.sort_by(compare);
-            keys.dedup_by(|a, b| values_equal(a, b) && same_bracket(a, b));
-            if id_sort == Some(false) {
-                keys.reverse();
+    let id_walk = c.id_indexed() && !natural && id_node.is_some();
+    let use_ids = c.id_indexed() && (id_sort.is_some() || o.min.is_some() || o.max.is_some());
+    if let (true, Some(n)) = (id_walk, id_node) {
+        for (k, rid) in n.id_keys().walk(&c.ids, id_sort == Some(false)) {
+            if !want(&hits) {
+                break;
             }
-            for k in keys {
-                if let Some((rid, d)) = c.get_by_id(&k)
-                    && bounds_ok(&k)
-                {
-                    let id = d
-                        .get("_id")
-                        .ok()
-                        .flatten()
-                        .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
-                        .unwrap_or(Bson::Null);
-                    if id_ops_match(&id, ops) {
-                        hits.push(Hit { rid, doc: Arc::clone(d), decoded: None, pos: None });
-                    }
-                }
-            }
-        } else {
-            let iter: Box<dyn Iterator<Item = (&Key, &u64)>> =
-                if id_sort == Some(false) { Box::new(c.ids.iter().rev()) } else { Box::new(c.ids.iter()) };
-            for (k, rid) in iter {
-                if !want(&hits) {
-                    break;
-                }
-                if id_ops_match(&k.0, ops)
-                    && bounds_ok(&k.0)
-                    && let Some(d) = c.records.get(rid)
-                {
-                    hits.push(Hit { rid: *rid, doc: Arc::clone(d), decoded: None, pos: None });
-                }
+            if bounds_ok(&k.0)
+                && n.matches_id(&k.0, vars)
+                && let Some(d) = c.records.get(rid)
+            {
+                hits.push(Hit { rid: *rid, doc: Arc::clone(d), decoded: None, pos: None });
             }
         }
     } else if use_ids {

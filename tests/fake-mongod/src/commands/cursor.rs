@@ -673,57 +673,53 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let max_wait = ctx.cmd.get("maxTimeMS").and_then(as_i64).map(|m| m.max(0) as u64).unwrap_or(1000);
     let deadline = Instant::now() + Duration::from_millis(max_wait);
     let shared = Arc::clone(ctx.shared);
+    let action = shared.failpoints.lock().check_get_more();
+    if let Some(a) = action
+        && let Some(code) = a.error_code
     {
-        let mut st = shared.state.lock();
-        if let Some(a) = st.failpoints.check_get_more()
-            && let Some(code) = a.error_code
-        {
-            {
-                let mut e = Error::new(code, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint");
-                match a.error_labels {
-                    Some(ls) => {
-                        for l in ls {
-                            e = e.with_label(&l);
-                        }
-                    }
-                    None => {
-                        let is_cs = st.cursors.get(&id).is_some_and(|c| matches!(c.kind, CursorKind::Change(_)));
-                        if is_cs && RESUMABLE.contains(&code) {
-                            e = e.with_label("ResumableChangeStreamError");
-                        }
-                    }
+        let mut e = Error::new(code, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint");
+        match a.error_labels {
+            Some(ls) => {
+                for l in ls {
+                    e = e.with_label(&l);
                 }
-                return Err(e);
+            }
+            None => {
+                let st = shared.lock_state();
+                let is_cs = st.cursors.get(&id).is_some_and(|c| matches!(c.kind, CursorKind::Change(_)));
+                if is_cs && RESUMABLE.contains(&code) {
+                    e = e.with_label("ResumableChangeStreamError");
+                }
             }
         }
+        return Err(e);
     }
     loop {
         let notified = shared.oplog_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        {
-            let mut guard = shared.state.lock();
-            let st = &mut *guard;
+        let done = shared.with_state(|st| -> Option<Result<Reply>> {
+            let ns = ns.clone();
             let Some(cur) = st.cursors.get_mut(&id) else {
-                return Err(Error::new(43, format!("cursor id {id} not found")));
+                return Some(Err(Error::new(43, format!("cursor id {id} not found"))));
             };
             cur.last_used = Instant::now();
             if cur.ns != ns {
-                return Err(Error::new(
+                return Some(Err(Error::new(
                     13,
                     format!(
                         "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}",
                         cur.ns
                     ),
-                ));
+                )));
             }
             if let (Some(a), Some(b)) = (&cur.lsid, &ctx.lsid)
                 && crate::session::lsid_key(a) != crate::session::lsid_key(b)
             {
-                return Err(Error::new(
+                return Some(Err(Error::new(
                     50738,
                     "Cannot run getMore on cursor, which was created in session, in a different session",
-                ));
+                )));
             }
             match &mut cur.kind {
                 CursorKind::Docs(q) => {
@@ -732,20 +728,20 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
                     if done {
                         st.cursors.remove(&id);
                     }
-                    return Ok(Reply::Cursor(CursorReply {
+                    return Some(Ok(Reply::Cursor(CursorReply {
                         id: if done { 0 } else { id },
                         ns,
                         first: false,
                         batch,
                         ..Default::default()
-                    }));
+                    })));
                 }
                 CursorKind::Change(cs) => {
                     let events = match cs.next_batch(&st.oplog, &st.catalog, bs.unwrap_or(10_000)) {
                         Ok(e) => e,
                         Err(e) => {
                             st.cursors.remove(&id);
-                            return Err(e);
+                            return Some(Err(e));
                         }
                     };
                     if !events.is_empty() || cs.invalidated || Instant::now() >= deadline {
@@ -755,14 +751,14 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
                             st.cursors.remove(&id);
                         }
                         let batch = events;
-                        return Ok(Reply::Cursor(CursorReply {
+                        return Some(Ok(Reply::Cursor(CursorReply {
                             id: if inval { 0 } else { id },
                             ns,
                             first: false,
                             batch,
                             cursor_extra: doc! {"postBatchResumeToken": pbrt},
                             ..Default::default()
-                        }));
+                        })));
                     }
                 }
                 CursorKind::Tailable { db, coll, last_rid, await_data } => {
@@ -778,13 +774,29 @@ pub async fn get_more(ctx: &mut Ctx<'_>) -> Result<Reply> {
                         }
                     } else {
                         st.cursors.remove(&id);
-                        return Ok(Reply::Cursor(CursorReply { id: 0, ns, first: false, batch, ..Default::default() }));
+                        return Some(Ok(Reply::Cursor(CursorReply {
+                            id: 0,
+                            ns,
+                            first: false,
+                            batch,
+                            ..Default::default()
+                        })));
                     }
                     if !batch.is_empty() || !*await_data || Instant::now() >= deadline {
-                        return Ok(Reply::Cursor(CursorReply { id, ns, first: false, batch, ..Default::default() }));
+                        return Some(Ok(Reply::Cursor(CursorReply {
+                            id,
+                            ns,
+                            first: false,
+                            batch,
+                            ..Default::default()
+                        })));
                     }
                 }
             }
+            None
+        });
+        if let Some(r) = done {
+            return r;
         }
         let now = Instant::now();
         if now >= deadline {

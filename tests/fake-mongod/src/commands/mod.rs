@@ -6,6 +6,8 @@ pub mod admin;
 pub mod crud;
 pub mod cursor;
 pub mod ddl;
+#[cfg(test)]
+mod id_scan_tests;
 pub mod txn;
 
 use std::collections::HashMap;
@@ -356,7 +358,7 @@ pub async fn handle_message(shared: &Arc<Shared>, conn: &mut ConnInfo, msg: &[u8
             },
         },
     };
-    let ts = shared.state.lock().oplog.last_ts();
+    let ts = shared.view().last_ts;
     if more_to_come {
         return Outcome::NoReply;
     }
@@ -370,7 +372,7 @@ const STATE_CHANGE_CODES: [i32; 7] = [10107, 13435, 13436, 11602, 189, 91, 11600
 /// Bumps the topology version (waking awaitable hellos so drivers rediscover the primary at once)
 /// and returns the `topologyVersion` field to attach to the error.
 fn state_change(shared: &Arc<Shared>) -> Document {
-    let mut st = shared.state.lock();
+    let mut st = shared.lock_state();
     shared.bump_topology(&mut st);
     st.fast_hello_until = Some(std::time::Instant::now() + Duration::from_millis(500));
     doc! {"topologyVersion": {"processId": shared.process_id, "counter": st.topology_counter}}
@@ -413,7 +415,7 @@ async fn execute(ctx: &mut Ctx<'_>) -> Result<(Reply, WceInfo)> {
     let lname = ctx.name.to_ascii_lowercase();
     let mut wce: WceInfo = None;
     if lname != "configurefailpoint" {
-        let action = shared.state.lock().failpoints.check_command(&ctx.name, ctx.conn.app_name.as_deref());
+        let action = shared.failpoints.lock().check_command(&ctx.name, ctx.conn.app_name.as_deref());
         if let Some(a) = action {
             if let Some(ms) = a.block_ms {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -485,8 +487,20 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
         _ => {}
     }
     let shared = Arc::clone(ctx.shared);
-    let mut guard = shared.state.lock();
-    let st = &mut *guard;
+    // long commands run on a thread that may block (the runtime keeps serving `hello`)
+    let r = shared.with_state(|st| dispatch_locked(ctx, st, &name));
+    if is_write_cmd(&name)
+        || is_ddl(&name)
+        || matches!(name.as_str(), "commitTransaction" | "appendOplogNote" | "aggregate")
+    {
+        shared.notify_oplog();
+    }
+    r
+}
+
+/// The part of [`dispatch`] that runs under the state lock.
+fn dispatch_locked(ctx: &mut Ctx<'_>, st: &mut State, name: &str) -> Result<Reply> {
+    let name = name.to_string();
     // replica state checks
     if st.is_secondary() && !is_admin_like(&name) {
         // reads with a non-primary read preference (secondaryOk) are served, like a secondary
@@ -593,13 +607,6 @@ async fn dispatch(ctx: &mut Ctx<'_>) -> Result<Reply> {
     }
     if let (Some((l, n)), Ok(Reply::Doc(d))) = (&retry_key, &r) {
         st.sessions.get(l).retry_results.insert(*n, d.clone());
-    }
-    drop(guard);
-    if is_write_cmd(&name)
-        || is_ddl(&name)
-        || matches!(name.as_str(), "commitTransaction" | "appendOplogNote" | "aggregate")
-    {
-        shared.notify_oplog();
     }
     r
 }
@@ -766,7 +773,7 @@ fn run_sync(ctx: &mut Ctx, st: &mut State, name: &str) -> Result<Reply> {
             if ctx.db != "admin" {
                 return Err(Error::new(13, "configureFailPoint may only be run against the admin database."));
             }
-            st.failpoints.configure(&ctx.cmd)?;
+            ctx.shared.failpoints.lock().configure(&ctx.cmd)?;
             Ok(Reply::Doc(doc! {"count": 0}))
         }
         "fakeMongodTruncateOplog" => {
