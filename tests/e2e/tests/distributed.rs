@@ -478,11 +478,12 @@ async fn frozen_worker_past_its_lease_writes_nothing_after_thawing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_added_mid_copy_claims_tasks() {
     let clusters = TestClusters::start().await;
-    load_bulk(&clusters, "bulk", "items", 20_000).await;
+    load_bulk(&clusters, "bulk", "items", 30_000).await;
     let options = FleetOptions {
         workers: 1,
         // Slots for every partition: the first worker claims them all before the newcomer.
-        worker: json!({"taskSlots": 64, "copyBatchDocuments": 20, "partitionBytes": 1024 * 1024}),
+        // Small batches keep the copy going (a checkpoint each) well past the newcomer's start.
+        worker: json!({"taskSlots": 64, "copyBatchDocuments": 10, "partitionBytes": 1024 * 1024}),
         ..FleetOptions::default()
     };
     let mut fleet = Fleet::start(&clusters, options).await;
