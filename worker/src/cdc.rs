@@ -380,10 +380,7 @@ impl Engine {
             Some(token) => StartAt::After(token),
             None => StartAt::Time(self.task.start_at),
         };
-        // Every stage runs lease-bound: a holder frozen past its lease must not issue one more
-        // read, spool write or destination write once it thaws (another holder owns the stream).
-        let guarded = ctx.lease_bound(async move { reader.run(start).await });
-        self.tasks.spawn(async move { ("reader", guarded.await) });
+        self.spawn_stage("reader", async move { reader.run(start).await });
 
         let intake = Intake {
             input: reader_rx,
@@ -397,8 +394,7 @@ impl Engine {
             live_from: live_from_tx,
             batch_events: settings.spool_batch_events.max(1),
         };
-        let guarded = ctx.lease_bound(async move { intake.run().await });
-        self.tasks.spawn(async move { ("intake", guarded.await) });
+        self.spawn_stage("intake", intake.run());
 
         let tainted = Tainted::default();
         let shared = Arc::new(ApplierShared {
@@ -417,8 +413,7 @@ impl Engine {
             let (tx, rx) = mpsc::channel(queue);
             appliers.push(tx);
             let shared = shared.clone();
-            let guarded = ctx.lease_bound(async move { run_applier(index, rx, shared).await });
-            self.tasks.spawn(async move { ("applier", guarded.await) });
+            self.spawn_stage("applier", run_applier(index, rx, shared));
         }
         let dispatcher = Dispatcher {
             queue: dispatch_rx,
@@ -435,13 +430,23 @@ impl Engine {
             migration: ctx.migration.clone(),
             state: ctx.state.clone(),
         };
-        let guarded = ctx.lease_bound(async move { dispatcher.run().await });
-        self.tasks.spawn(async move { ("dispatcher", guarded.await) });
+        self.spawn_stage("dispatcher", dispatcher.run());
 
         self.drainer_parts = Some((dispatched_tx, dispatch_tx));
         if saved.stage == CdcStage::Draining {
             self.start_drainer();
         }
+    }
+
+    /// Spawns one stage, lease-bound: a holder frozen past its lease must not issue one more
+    /// read, spool write or destination write once it thaws (another holder owns the stream).
+    fn spawn_stage(
+        &mut self,
+        name: &'static str,
+        stage: impl std::future::Future<Output = Result<(), WorkerError>> + Send + 'static,
+    ) {
+        let guarded = self.ctx.lease_bound(stage);
+        self.tasks.spawn(async move { (name, guarded.await) });
     }
 
     fn start_drainer(&mut self) {
@@ -456,8 +461,7 @@ impl Engine {
             batch: self.ctx.settings.apply_batch_events.max(1),
             budget: self.drain_budget.clone(),
         };
-        let guarded = self.ctx.lease_bound(async move { drainer.run().await });
-        self.tasks.spawn(async move { ("drainer", guarded.await) });
+        self.spawn_stage("drainer", drainer.run());
         self.draining.send_replace(true);
     }
 

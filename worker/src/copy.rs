@@ -59,10 +59,6 @@ const QUERY_PLAN_KILLED: i32 = 175;
 const NAMESPACE_NOT_FOUND: i32 = 26;
 /// `BadValue`: among others, a hint naming an index the collection does not have.
 const BAD_VALUE: i32 = 2;
-/// Write-error codes of an interrupted write (election, shutdown, network): the batch is
-/// inserted again by the next pass. The same set as the error classification's, which only
-/// looks at the first error of an insert.
-const TRANSIENT_WRITE_CODES: &[i32] = &[6, 7, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11601, 11602, 13435, 13436];
 
 /// A batch read from the source.
 struct Batch {
@@ -477,7 +473,7 @@ async fn insert_batch(
             .and_then(|d| id_of(d).ok())
             .map(|id| id.to_string())
             .unwrap_or_else(|| "unknown".into());
-        let transient = TRANSIENT_WRITE_CODES.contains(&write_error.code);
+        let transient = error::is_retryable_code(write_error.code);
         let description =
             format!("inserting _id {id} into {ns} failed: {} (code {})", write_error.message, write_error.code);
         return Err(if transient {
@@ -611,7 +607,7 @@ async fn upsert_batch(db: &mongodb::Database, ns: &Namespace, updates: Vec<Docum
     {
         let code = first.get_i32("code").unwrap_or_default();
         let description = format!("upserting into {ns} failed: {first}");
-        return Err(if TRANSIENT_WRITE_CODES.contains(&code) {
+        return Err(if error::is_retryable_code(code) {
             PassFailure { error: WorkerError::InvalidData(description), transient: true }
         } else {
             PassFailure { error: WorkerError::fatal("CopyWriteFailed", description), transient: false }

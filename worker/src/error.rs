@@ -105,6 +105,11 @@ pub fn server_code(error: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
+/// Whether a server error code means "try again" (see [`RETRYABLE_CODES`]).
+pub fn is_retryable_code(code: i32) -> bool {
+    RETRYABLE_CODES.contains(&code)
+}
+
 /// Whether a driver error is transient: network, election, killed cursor, retryable labels.
 pub fn is_retryable_mongo(error: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
@@ -119,7 +124,7 @@ pub fn is_retryable_mongo(error: &mongodb::error::Error) -> bool {
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::ServerSelection { .. }
         | ErrorKind::DnsResolve { .. } => true,
-        _ => server_code(error).is_some_and(|code| RETRYABLE_CODES.contains(&code)),
+        _ => server_code(error).is_some_and(is_retryable_code),
     }
 }
 
