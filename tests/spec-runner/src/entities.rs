@@ -130,6 +130,9 @@ impl ClientEntity {
 
 pub struct SessionEntity {
     pub session: ClientSession,
+    /// Between `startTransaction` and its commit or abort (the driver keeps
+    /// its own flag private).
+    pub in_transaction: bool,
     pub lsid: Document,
     pub client_id: String,
 }
@@ -154,6 +157,8 @@ pub struct Entities {
     pub map: HashMap<String, Entity>,
     /// The lsid of every session ever created, kept after `endSession`.
     pub lsids: HashMap<String, Document>,
+    /// The server's version, for options that depend on it (`rawData`).
+    pub server_version: Vec<u32>,
 }
 
 impl EntityLookup for Entities {
@@ -194,6 +199,12 @@ impl Entities {
         match self.map.get(id) {
             Some(Entity::Collection(c, _)) => Ok(c.clone()),
             _ => Err(anyhow!("no collection entity {id:?}")),
+        }
+    }
+    pub fn session(&self, id: &str) -> Result<&SessionEntity> {
+        match self.map.get(id) {
+            Some(Entity::Session(s)) => Ok(s),
+            _ => Err(anyhow!("no session entity {id:?}")),
         }
     }
     pub fn session_mut(&mut self, id: &str) -> Result<&mut SessionEntity> {
@@ -263,7 +274,10 @@ impl Entities {
                     let session = builder.await?;
                     let lsid = session.id().clone();
                     self.lsids.insert(id.clone(), lsid.clone());
-                    self.insert(&id, Entity::Session(Box::new(SessionEntity { session, lsid, client_id })))?;
+                    self.insert(
+                        &id,
+                        Entity::Session(Box::new(SessionEntity { session, in_transaction: false, lsid, client_id })),
+                    )?;
                 }
                 other => skip!("entity type {other} is not supported"),
             }

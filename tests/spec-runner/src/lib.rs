@@ -7,6 +7,8 @@
 //! - [`entities`]: clients (with command and CMAP monitoring), databases,
 //!   collections, sessions, saved cursors and values.
 //! - [`ops`]: operations on entities, mapped onto the driver's API.
+//! - [`emulated`]: operations the driver has no API for (collection
+//!   `bulkWrite`, `count`, `w: 0` writes), sent as the commands drivers send.
 //! - [`runner`]: one test from `initialData` to `outcome`, the `testRunner`
 //!   helpers, `expectError` and `expectEvents`.
 //! - [`report`]: per-suite counts and the expected-pass list.
@@ -15,6 +17,7 @@
 //! An operation or option the driver (or this runner) cannot express makes
 //! the test a skip with a reason, never a pass.
 
+pub mod emulated;
 pub mod entities;
 pub mod matcher;
 pub mod ops;

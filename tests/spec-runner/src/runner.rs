@@ -11,6 +11,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{Acknowledgment, ReadConcern, SelectionCriteria, WriteConcern};
 use mongodb::{Client, Collection};
 
+use crate::emulated::OpFailure;
 use crate::entities::{self, Entities, Entity, Event};
 use crate::matcher::{self, EntityLookup};
 use crate::ops::{self, Args, OpResult, Output};
@@ -41,7 +42,11 @@ struct DriverError(mongodb::error::Error);
 
 impl std::fmt::Display for DriverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unexpected error: {}", self.0)
+        if self.0.get_custom::<OpFailure>().is_some() {
+            write!(f, "unexpected error: {}", OpFailure::of(&self.0))
+        } else {
+            write!(f, "unexpected error: {}", self.0)
+        }
     }
 }
 impl std::error::Error for DriverError {}
@@ -144,7 +149,10 @@ impl Runner {
     }
 
     async fn run_test(&self, file: &TestFile, test: &Document) -> Status {
-        let mut st = TestState { entities: Entities::default(), failpoints: Vec::new() };
+        let mut st = TestState {
+            entities: Entities { server_version: self.server.version.clone(), ..Entities::default() },
+            failpoints: Vec::new(),
+        };
         let result = match tokio::time::timeout(TEST_TIMEOUT, self.execute(file, test, &mut st)).await {
             Ok(r) => r,
             Err(_) => Err(anyhow!("test timed out after {TEST_TIMEOUT:?}")),
@@ -388,15 +396,18 @@ impl Runner {
         let started = Instant::now();
         let limit = Duration::from_secs(120);
         'retry: loop {
-            st.entities.session_mut(session_id)?.session.start_transaction().with_options(options.clone()).await?;
+            let s = st.entities.session_mut(session_id)?;
+            s.session.start_transaction().with_options(options.clone()).await?;
+            s.in_transaction = true;
             for op in &callback {
                 let op = op.as_document().context("callback operation")?;
                 if let Err(e) = self.run_operation(st, op, ctx).await {
                     let transient = e
                         .downcast_ref::<DriverError>()
-                        .is_some_and(|d| d.0.contains_label("TransientTransactionError"));
-                    let s = &mut st.entities.session_mut(session_id)?.session;
-                    let _ = s.abort_transaction().await;
+                        .is_some_and(|d| OpFailure::of(&d.0).contains_label("TransientTransactionError"));
+                    let s = st.entities.session_mut(session_id)?;
+                    s.in_transaction = false;
+                    let _ = s.session.abort_transaction().await;
                     if transient && started.elapsed() < limit {
                         continue 'retry;
                     }
@@ -404,8 +415,9 @@ impl Runner {
                 }
             }
             loop {
-                let s = &mut st.entities.session_mut(session_id)?.session;
-                match s.commit_transaction().await {
+                let s = st.entities.session_mut(session_id)?;
+                s.in_transaction = false;
+                match s.session.commit_transaction().await {
                     Ok(()) => return Ok(()),
                     Err(e) if started.elapsed() < limit => {
                         if e.contains_label("UnknownTransactionCommitResult") {
@@ -663,7 +675,7 @@ pub fn server_error(e: &mongodb::error::Error) -> Option<(i32, String)> {
 
 /// The message of an error: the server's `errmsg` for server errors, the
 /// driver's description otherwise.
-fn error_message(e: &mongodb::error::Error) -> String {
+pub fn error_message(e: &mongodb::error::Error) -> String {
     match e.kind.as_ref() {
         ErrorKind::Command(c) => c.message.clone(),
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.message.clone(),
@@ -680,57 +692,61 @@ fn error_message(e: &mongodb::error::Error) -> String {
 }
 
 fn check_error(ents: &Entities, e: &mongodb::error::Error, spec: &Document) -> Result<()> {
-    let server = server_error(e);
-    let is_server = server.is_some() || e.server_response().is_some();
+    let f = OpFailure::of(e);
+    let is_server = !f.client_error;
     for (key, value) in spec {
         match key.as_str() {
             "isError" => {}
             "isClientError" => {
                 let want = value.as_bool().unwrap_or(false);
                 if want == is_server {
-                    bail!("expected isClientError={want}, got {e}");
+                    bail!("expected isClientError={want}, got {f}");
                 }
             }
             "errorContains" => {
                 let needle = value.as_str().unwrap_or_default().to_lowercase();
-                if !error_message(e).to_lowercase().contains(&needle) {
-                    bail!("expected the error message to contain {needle:?}, got {e}");
+                if !f.message.to_lowercase().contains(&needle) {
+                    bail!("expected the error message to contain {needle:?}, got {f}");
                 }
             }
             "errorCode" => {
                 let want = ops::as_i64(value).unwrap_or(-1);
-                match &server {
+                match &f.server {
                     Some((code, _)) if i64::from(*code) == want => {}
-                    _ => bail!("expected error code {want}, got {e}"),
+                    _ => bail!("expected error code {want}, got {f}"),
                 }
             }
             "errorCodeName" => {
                 let want = value.as_str().unwrap_or_default();
-                match &server {
+                match &f.server {
                     Some((_, name)) if name.eq_ignore_ascii_case(want) => {}
-                    _ => bail!("expected error code name {want}, got {e}"),
+                    _ => bail!("expected error code name {want}, got {f}"),
                 }
             }
             "errorLabelsContain" | "errorLabelsOmit" => {
                 let labels: Vec<&str> =
                     value.as_array().map(|a| a.iter().filter_map(Bson::as_str).collect()).unwrap_or_default();
                 for label in labels {
-                    let has = e.contains_label(label);
+                    let has = f.contains_label(label);
                     if has != (key == "errorLabelsContain") {
-                        bail!("{key} {label}: error labels are {:?} ({e})", e.labels());
+                        bail!("{key} {label}: error labels are {:?} ({f})", f.labels);
                     }
                 }
             }
             "errorResponse" => {
-                let Some(raw) = e.server_response() else {
-                    bail!("expected a server response, got {e}");
+                let Some(response) = &f.response else {
+                    bail!("expected a server response, got {f}");
                 };
-                let response = Document::try_from(raw.as_ref())
-                    .map_err(|err| anyhow!("cannot decode the server response: {err}"))?;
-                matcher::matches(value, Some(&Bson::Document(response)), true, ents)
+                matcher::matches(value, Some(&Bson::Document(response.clone())), true, ents)
                     .map_err(|m| anyhow!("errorResponse: {m}"))?;
             }
-            "expectResult" => skip!("expectError.expectResult is not supported by this runner"),
+            "expectResult" => {
+                let Some(partial) = &f.partial_result else {
+                    bail!("expected a partial result with the error, got {f}");
+                };
+                matcher::matches(value, Some(partial), true, ents)
+                    .map_err(|m| anyhow!("expectError.expectResult: {m}"))?;
+            }
             "isTimeoutError" => skip!("isTimeoutError is not supported by this runner"),
             other => skip!("expectError.{other} is not supported by this runner"),
         }

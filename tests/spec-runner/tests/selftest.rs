@@ -118,8 +118,36 @@ const FILE: &str = r#"{
       ]
     },
     {
+      "description": "good emulated bulkWrite",
+      "operations": [{"name": "bulkWrite", "object": "coll0", "arguments": {"ordered": false, "requests": [
+          {"insertOne": {"document": {"_id": 1}}},
+          {"insertOne": {"document": {"_id": 5}}},
+          {"updateOne": {"filter": {"_id": 9}, "update": {"$set": {"z": 1}}, "upsert": true}},
+          {"deleteOne": {"filter": {"_id": 5}}}]},
+        "expectError": {"errorCode": 11000, "expectResult": {"insertedCount": 1, "upsertedCount": 1,
+          "upsertedIds": {"2": 9}, "deletedCount": 1, "matchedCount": 0, "modifiedCount": 0}}}],
+      "expectEvents": [{"client": "client0", "events": [
+        {"commandStartedEvent": {"commandName": "insert", "command": {"insert": "c", "ordered": false}}},
+        {"commandStartedEvent": {"commandName": "update", "command": {"update": "c"}}},
+        {"commandStartedEvent": {"commandName": "delete", "command": {"delete": "c", "deletes": [{"q": {"_id": 5}, "limit": 1}]}}}
+      ]}],
+      "outcome": [{"databaseName": "selftest", "collectionName": "c", "documents": [{"_id": 1, "x": {"y": 1}}, {"_id": 9, "z": 1}]}]
+    },
+    {
+      "description": "bad emulated bulkWrite counts",
+      "operations": [{"name": "bulkWrite", "object": "coll0", "arguments": {"requests": [
+          {"updateOne": {"filter": {"_id": 1}, "update": {"$set": {"x": 2}}}}]},
+        "expectResult": {"matchedCount": 1, "modifiedCount": 0}}]
+    },
+    {
+      "description": "bad emulated bulkWrite validation",
+      "operations": [{"name": "bulkWrite", "object": "coll0", "arguments": {"requests": [
+          {"updateOne": {"filter": {"_id": 1}, "update": {"x": 2}}}]},
+        "expectError": {"isClientError": false}}]
+    },
+    {
       "description": "skipped operation",
-      "operations": [{"name": "bulkWrite", "object": "coll0", "arguments": {"requests": []}}]
+      "operations": [{"name": "mapReduce", "object": "coll0", "arguments": {}}]
     },
     {
       "description": "skipped by requirement",
@@ -154,5 +182,5 @@ fn runner_passes_good_and_fails_bad_expectations() {
         };
         assert!(ok, "{desc}: unexpected {:?}", r.status);
     }
-    assert_eq!(reports.len(), 16);
+    assert_eq!(reports.len(), 19);
 }

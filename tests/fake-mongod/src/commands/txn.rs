@@ -44,7 +44,7 @@ pub fn begin_statement(ctx: &Ctx, st: &mut State) -> Result<()> {
                 format!("Transaction with txnNumber {n} has already been started"),
             ));
         }
-        if matches!(ctx.name.as_str(), "create" | "createIndexes") || !super::is_ddl(&ctx.name) {
+        if allowed_in_transaction(&ctx.name) {
             sess.txn_number = n;
             sess.state = TxnState::InProgress;
             sess.commit_result = None;
@@ -59,7 +59,7 @@ pub fn begin_statement(ctx: &Ctx, st: &mut State) -> Result<()> {
     }
     match sess.state {
         TxnState::InProgress => {
-            if super::is_ddl(&ctx.name) && !matches!(ctx.name.as_str(), "create" | "createIndexes") {
+            if !allowed_in_transaction(&ctx.name) {
                 return Err(Error::new(263, format!("Cannot run '{}' in a multi-document transaction.", ctx.name)));
             }
             Ok(())
@@ -69,6 +69,32 @@ pub fn begin_statement(ctx: &Ctx, st: &mut State) -> Result<()> {
             .with_label("TransientTransactionError")),
         TxnState::None => Err(no_such(n)),
     }
+}
+
+/// The commands a transaction may run, as in MongoDB 7.0; anything else
+/// (`count`, `listCollections`, DDL other than `create`/`createIndexes`)
+/// fails with 263 OperationNotSupportedInTransaction.
+fn allowed_in_transaction(name: &str) -> bool {
+    matches!(
+        name,
+        "find"
+            | "getMore"
+            | "killCursors"
+            | "insert"
+            | "update"
+            | "delete"
+            | "findAndModify"
+            | "findandmodify"
+            | "aggregate"
+            | "distinct"
+            | "create"
+            | "createIndexes"
+            | "commitTransaction"
+            | "abortTransaction"
+            | "prepareTransaction"
+            | "coordinateCommitTransaction"
+            | "dbHash"
+    )
 }
 
 fn ptr_eq(a: Option<&crate::storage::Doc>, b: Option<&crate::storage::Doc>) -> bool {
