@@ -21,9 +21,24 @@ pub fn binary() -> PathBuf {
             }
             let root = workspace_root();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
+            let mut build = Command::new(cargo);
+            // cargo sets these for the running test; a build script that watches one (ring
+            // watches CARGO_MANIFEST_DIR) would otherwise see it change and rebuild its crate
+            // and everything above it, and the next plain build would rebuild them back
+            for (key, _) in std::env::vars() {
+                let set_for_test =
+                    ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_", "CARGO_CRATE_"].iter().any(|p| key.starts_with(p))
+                        || key == "CARGO_PRIMARY_PACKAGE"
+                        || key == "CARGO_TARGET_TMPDIR";
+                if set_for_test {
+                    build.env_remove(&key);
+                }
+            }
+            let status = build
                 .current_dir(&root)
-                .args(["build", "--quiet", "-p", "clustersync-coordinator", "--bin", "clustersync"])
+                // the same selection as the test build (`cargo nextest run --workspace`) and the
+                // spec scripts, so after them this build has nothing to do
+                .args(["build", "--quiet", "--workspace", "--all-targets"])
                 .status()
                 .expect("run cargo build for the clustersync binary");
             assert!(status.success(), "building the clustersync binary failed");
