@@ -479,6 +479,19 @@ async fn frozen_worker_past_its_lease_writes_nothing_after_thawing() {
 async fn worker_added_mid_copy_claims_tasks() {
     let clusters = TestClusters::start().await;
     load_bulk(&clusters, "bulk", "items", 30_000).await;
+    // Every batch of clustersync's copy reads waits 100 ms on the source until the newcomer
+    // copies, so the copy (50 to 260 batches per partition) outlasts the newcomer's start
+    // whatever the machine's speed; without it a fast machine finished the copy in two seconds,
+    // before the first poll saw every partition claimed.
+    let slow_reads = |mode: Value| {
+        bson::to_document(&json!({
+            "configureFailPoint": "failCommand",
+            "mode": mode,
+            "data": {"failCommands": ["getMore"], "blockConnection": true, "blockTimeMS": 100, "appName": "clustersync"},
+        }))
+        .expect("fail point")
+    };
+    clusters.source.admin(slow_reads(json!("alwaysOn"))).await.expect("slow the source's reads");
     let options = FleetOptions {
         workers: 1,
         // Slots for every partition: the first worker claims them all before the newcomer.
@@ -492,8 +505,17 @@ async fn worker_added_mid_copy_claims_tasks() {
     let first = fleet.workers[0].id.clone();
     fleet
         .wait_until("the first worker has claimed every partition", TIMEOUT, || async {
+            // A partition the first worker already finished counts as claimed by it: the range
+            // of `_id`s of other types is empty here and is done (and its claim released)
+            // within milliseconds of being claimed.
             let claims = fleet.claims().await;
-            copy_tasks.iter().all(|id| claims.get(id) == Some(&first))
+            let checkpoints = fleet.checkpoints().await;
+            copy_tasks.iter().all(|id| {
+                claims.get(id) == Some(&first)
+                    || checkpoints
+                        .get(id)
+                        .is_some_and(|c| c.status == TaskStatus::Done && c.holder.to_string() == first)
+            })
         })
         .await;
     fleet.step("every partition claimed by the first worker");
@@ -513,6 +535,7 @@ async fn worker_added_mid_copy_claims_tasks() {
         .await;
     fleet.step("the newcomer copies");
     assert_eq!(progress["phase"], "snapshot", "the newcomer got work during the copy: {progress:#}");
+    clusters.source.admin(slow_reads(json!("off"))).await.expect("source reads at full speed again");
 
     commit_and_compare(&mut fleet, 0, &clusters).await;
     let checkpoints = fleet.checkpoints().await;
