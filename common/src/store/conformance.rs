@@ -51,6 +51,7 @@ macro_rules! store_conformance_tests {
             election_resign_hands_over,
             lease_keeper_keeps_and_loses_leases,
             concurrent_cas_increments_lose_nothing,
+            large_prefix_reads_are_one_snapshot,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -605,4 +606,52 @@ pub async fn concurrent_cas_increments_lose_nothing(store: Arc<dyn Store>, prefi
     let kv = store.get(&counter).await.unwrap().unwrap();
     assert_eq!(kv.value_str().unwrap(), (TASKS * INCREMENTS).to_string());
     assert_eq!(kv.version, (TASKS * INCREMENTS) as i64, "one successful write per increment");
+}
+
+/// A prefix read of thousands of keys (several of etcd's pages) returns every key once, in
+/// order, as one snapshot at the revision it reports, while another task keeps writing under
+/// the prefix: exactly the concurrent writes at or below that revision are in it.
+pub async fn large_prefix_reads_are_one_snapshot(store: Arc<dyn Store>, prefix: &str) {
+    const BULK: usize = 2500;
+    let value = "v".repeat(512);
+    for chunk in (0..BULK).collect::<Vec<_>>().chunks(100) {
+        let ops = chunk.iter().map(|i| TxnOp::put(format!("{prefix}bulk/{i:05}"), format!("{i}:{value}"), None));
+        assert!(store.txn(Txn::new().and_then(ops)).await.unwrap().succeeded);
+    }
+
+    // The writer puts `w/00000`, `w/00001`, ... and records the revision of each put.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop, prefix) = (store.clone(), stop.clone(), prefix.to_string());
+        tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || revisions.len() < 10 {
+                let key = format!("{prefix}w/{:05}", revisions.len());
+                revisions.push(store.put(&key, bytes("w"), None).await.unwrap());
+            }
+            revisions
+        })
+    };
+    let mut reads = Vec::new();
+    for _ in 0..5 {
+        reads.push(store.get_prefix(prefix).await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+
+    for (kvs, revision) in reads {
+        let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "keys sorted and unique");
+        let bulk: Vec<&KeyValue> = kvs.iter().filter(|kv| kv.key.starts_with(&format!("{prefix}bulk/"))).collect();
+        assert_eq!(bulk.len(), BULK, "every bulk key is read");
+        for (i, kv) in bulk.iter().enumerate() {
+            assert_eq!(kv.key, format!("{prefix}bulk/{i:05}"));
+            assert_eq!(kv.value_str().unwrap(), format!("{i}:{value}"));
+        }
+        assert!(kvs.iter().all(|kv| kv.mod_revision <= revision), "a key newer than the read's revision {revision}");
+        let concurrent = kvs.iter().filter(|kv| kv.key.starts_with(&format!("{prefix}w/"))).count();
+        let expected = written.iter().filter(|put| **put <= revision).count();
+        assert_eq!(concurrent, expected, "the concurrent writes at or below revision {revision}");
+    }
+    assert_eq!(store.delete_prefix(prefix).await.unwrap(), (BULK + written.len()) as u64);
 }

@@ -31,8 +31,12 @@ use super::{
 };
 
 /// Largest gRPC message we accept from etcd. The tonic default (4 MiB) is below what one
-/// `get_prefix` of a big plan or one watch response for a large `delete_prefix` can reach.
+/// watch response for a large `delete_prefix` can reach (prefix reads are paged).
 const MAX_DECODING_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Keys per page of a prefix read (see `get_prefix`). Values are at most a few KiB, so a page
+/// stays around a megabyte; a plan of 100k partitions is read in a hundred round trips.
+const PREFIX_PAGE_KEYS: i64 = 1000;
 
 /// First delay before re-creating a broken watch; doubles up to [`WATCH_RETRY_MAX`].
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(100);
@@ -172,6 +176,41 @@ impl EtcdStore {
             .map_err(|error| map_error(operation, error))
     }
 
+    /// One attempt of [`Store::get_prefix`]: every key under `prefix`, in pages of
+    /// [`PREFIX_PAGE_KEYS`], all read at the first page's revision.
+    async fn get_prefix_paged(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let mut kv = self.kv();
+        let end = prefix_range_end(prefix);
+        let mut kvs = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        // Why pages: one range over tens of thousands of tasks or checkpoints is a response
+        // of many megabytes that etcd builds in memory at once and that stalls its other
+        // requests meanwhile; etcd's guidance is to page large ranges. Every page after the
+        // first reads at the first page's revision, so the pages form one consistent
+        // snapshot (a key written meanwhile is in none of them), as a single range would.
+        let mut revision: Option<Revision> = None;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PREFIX_PAGE_KEYS);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            // etcd sorts a range by key, ascending, by default.
+            let response = self.call("get prefix", kv.get(from.clone(), Some(options))).await?;
+            let page = convert_kvs(response.kvs())?;
+            let at = *revision.get_or_insert_with(|| header_revision(response.header()));
+            let last = response.kvs().last().map(|kv| kv.key().to_vec());
+            kvs.extend(page);
+            match last {
+                Some(mut last) if response.more() => {
+                    // The next page starts right after the last key read.
+                    last.push(0);
+                    from = last;
+                }
+                _ => return Ok((kvs, at)),
+            }
+        }
+    }
+
     /// One keepalive round on `channel`: send a request, read the reply.
     async fn keep_alive_round(channel: &mut KeepAliveChannel, lease: LeaseId) -> Result<i64, StoreError> {
         let (keeper, stream) = channel;
@@ -261,6 +300,20 @@ fn convert_kvs(kvs: &[etcd_client::KeyValue]) -> Result<Vec<KeyValue>, StoreErro
     kvs.iter().map(convert_kv).collect()
 }
 
+/// The end of etcd's range for every key starting with `prefix`: the prefix with its last byte
+/// incremented (trailing 0xff bytes dropped first); `\0` (every key) for an empty or all-0xff
+/// prefix, as etcd's own clients do.
+fn prefix_range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map_or(0, |header| header.revision())
 }
@@ -301,10 +354,19 @@ impl Store for EtcdStore {
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let mut kv = self.kv();
-        // etcd sorts a range by key, ascending, by default.
-        let response = self.call("get prefix", kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
-        Ok((convert_kvs(response.kvs())?, header_revision(response.header())))
+        // Why start over: the pages after the first read at the first page's revision, which
+        // etcd's auto-compaction may remove between two pages; the listing is then retaken at
+        // the newest revision. Compactions are minutes apart, so a second attempt succeeds.
+        let mut attempts = 0;
+        loop {
+            match self.get_prefix_paged(prefix).await {
+                Err(StoreError::Compacted { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    debug!(prefix, attempts, "prefix read outlived its revision (compacted); reading again");
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
@@ -624,6 +686,14 @@ mod tests {
         assert_eq!(options.request_timeout, Duration::from_millis(750));
         assert_eq!(options.connect_timeout, EtcdStoreOptions::default().connect_timeout);
         assert!(serde_json::from_str::<EtcdStoreOptions>(r#"{"timeout": "1s"}"#).is_err());
+    }
+
+    #[test]
+    fn prefix_range_end_increments_the_last_byte() {
+        assert_eq!(prefix_range_end("/clustersync/m/tasks/"), b"/clustersync/m/tasks0".to_vec());
+        assert_eq!(prefix_range_end("a"), b"b".to_vec());
+        assert_eq!(prefix_range_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_range_end(""), vec![0]);
     }
 
     #[test]
