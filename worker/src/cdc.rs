@@ -541,12 +541,20 @@ impl Engine {
             Err(error) => return Err(error),
         }
         let became_live = checkpoint.stage == CdcStage::Live && self.stage != CdcStage::Live;
+        let stage_changed = checkpoint.stage != self.saved.stage;
         if checkpoint.drained_marker.is_some() && checkpoint.drained_marker != self.saved.drained_marker {
             info!(task = %self.ctx.task, marker = ?checkpoint.drained_marker, "applied everything up to the commit marker");
         }
         self.stage = checkpoint.stage;
         self.saved = checkpoint;
         self.ctx.counters.cdc_stage.store(stage_number(self.stage), Ordering::Relaxed);
+        if stage_changed {
+            // Why now: the lag is null while spooling and would stay null until the next lag
+            // tick, up to a second after the stage changed; computed now, the runtime's next
+            // progress publication carries it, so `/progress` shows a lag from the moment
+            // events are applied rather than a null next to `canCommit: true`.
+            self.update_lag().await;
+        }
         if became_live {
             info!(task = %self.ctx.task, "spool applied: change stream is live");
             // The Live checkpoint is durable, so the spool is no longer needed by anyone.
