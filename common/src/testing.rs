@@ -6,6 +6,8 @@
 //!   directory; stop it and start it again on the same ports and data to test restarts.
 //! - [`wait_until`]: polls an async predicate until it holds or a timeout panics.
 //! - [`unique_prefix`]: a key prefix no other test uses.
+//! - [`TxnHookStore`]: the embedded store with a [`BeforeTxn`] hook run before every txn, for
+//!   tests that count, fence or interfere with the writes of the code under test.
 //!
 //! The etcd tests never skip: without the binary, [`EtcdServer::start`] panics and says how
 //! to install it.
@@ -17,7 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::store::{EtcdStore, EtcdStoreOptions, Store};
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::store::{
+    EmbeddedStore, EtcdStore, EtcdStoreOptions, KeyValue, LeaseId, Revision, Store, Txn, TxnResponse, WatchStream,
+};
 
 /// How long etcd gets to start answering.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -234,4 +241,62 @@ where
 /// A key prefix unique to one test: `/clustersync-test/{name}-{random}/`.
 pub fn unique_prefix(name: &str) -> String {
     format!("/clustersync-test/{name}-{}/", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// What a [`TxnHookStore`] runs before every txn it forwards.
+#[async_trait]
+pub trait BeforeTxn: Send + Sync + 'static {
+    /// Runs before `txn` reaches `inner`; an error is returned instead of the txn's outcome.
+    async fn before_txn(&self, inner: &EmbeddedStore, txn: &Txn) -> Result<(), StoreError>;
+}
+
+/// An in-memory embedded store that runs `hook` before every txn and forwards everything else
+/// unchanged.
+pub struct TxnHookStore<H> {
+    inner: EmbeddedStore,
+    pub hook: H,
+}
+
+impl<H: BeforeTxn> TxnHookStore<H> {
+    pub fn in_memory(hook: H) -> Self {
+        Self { inner: EmbeddedStore::in_memory(), hook }
+    }
+}
+
+#[async_trait]
+impl<H: BeforeTxn> Store for TxnHookStore<H> {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        self.inner.get_prefix(prefix).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<u64, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.hook.before_txn(&self.inner, &txn).await?;
+        self.inner.txn(txn).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn watch_prefix(&self, prefix: &str, start: Option<Revision>) -> Result<WatchStream, StoreError> {
+        self.inner.watch_prefix(prefix, start).await
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
 }

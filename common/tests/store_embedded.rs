@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clustersync_common::claim::{self, ClaimOutcome};
-use clustersync_common::store::{
-    EmbeddedStore, KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnResponse, WatchStream,
-};
+use clustersync_common::store::{EmbeddedStore, Store, StoreError, Txn};
+use clustersync_common::testing::{BeforeTxn, TxnHookStore};
 use futures::StreamExt;
 
 async fn on_disk() -> (Arc<dyn Store>, tempfile::TempDir) {
@@ -332,46 +331,14 @@ async fn measure_fenced_write_rate() {
 }
 
 /// Counts txns, to tell a waiting candidate from a spinning one.
-struct CountingStore {
-    inner: EmbeddedStore,
-    txns: std::sync::atomic::AtomicU64,
-}
+#[derive(Default)]
+struct CountTxns(std::sync::atomic::AtomicU64);
 
 #[async_trait::async_trait]
-impl Store for CountingStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        self.inner.get_prefix(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<u64, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        self.txns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.txn(txn).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.revoke_lease(lease).await
-    }
-    async fn watch_prefix(&self, prefix: &str, start: Option<Revision>) -> Result<WatchStream, StoreError> {
-        self.inner.watch_prefix(prefix, start).await
-    }
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
+impl BeforeTxn for CountTxns {
+    async fn before_txn(&self, _: &EmbeddedStore, _: &Txn) -> Result<(), StoreError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -380,7 +347,7 @@ async fn a_candidate_waits_quietly_when_the_leader_key_history_is_compacted() {
     use clustersync_common::election::Election;
     use clustersync_common::lease::LeaseKeeper;
 
-    let counting = Arc::new(CountingStore { inner: EmbeddedStore::in_memory(), txns: Default::default() });
+    let counting = Arc::new(TxnHookStore::in_memory(CountTxns::default()));
     let store: Arc<dyn Store> = counting.clone();
     let keeper_a = LeaseKeeper::start(store.clone(), Duration::from_secs(30)).await.unwrap();
     let keeper_b = LeaseKeeper::start(store.clone(), Duration::from_secs(30)).await.unwrap();
@@ -397,10 +364,10 @@ async fn a_candidate_waits_quietly_when_the_leader_key_history_is_compacted() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!b_campaign.is_finished(), "b waits for a");
-    let txns_while_waiting = counting.txns.load(std::sync::atomic::Ordering::SeqCst);
+    let txns_while_waiting = counting.hook.0.load(std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        counting.txns.load(std::sync::atomic::Ordering::SeqCst),
+        counting.hook.0.load(std::sync::atomic::Ordering::SeqCst),
         txns_while_waiting,
         "a waiting candidate watches; it does not retry its claim in a loop"
     );

@@ -19,6 +19,7 @@ use clustersync_common::namespace::Namespace;
 use clustersync_common::store::{
     EmbeddedStore, KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnResponse, WatchStream,
 };
+use clustersync_common::testing::{BeforeTxn, TxnHookStore};
 use clustersync_coordinator::api;
 use clustersync_coordinator::control::{Control, ERROR_NAMES};
 use clustersync_coordinator::topology::{StaticClusters, Topology, TopologyError, TopologyKind};
@@ -919,66 +920,34 @@ async fn an_unavailable_store_is_a_503() {
     assert_eq!(body["error"], "StoreUnavailable");
 }
 
-/// Wraps a store and, once armed, writes `interference` to the state key just before the next
-/// txn: what the leader does when it moves the phase on while an API call is in flight.
-struct InterferingStore {
-    inner: EmbeddedStore,
+/// Once armed, writes `interference` to the state key just before the next txn: what the
+/// leader does when it moves the phase on while an API call is in flight.
+struct Interference {
     state_key: String,
-    interference: Mutex<Option<Vec<u8>>>,
+    value: Mutex<Option<Vec<u8>>>,
     armed: AtomicBool,
 }
 
 #[async_trait]
-impl Store for InterferingStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        self.inner.get_prefix(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<u64, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+impl BeforeTxn for Interference {
+    async fn before_txn(&self, inner: &EmbeddedStore, _: &Txn) -> Result<(), StoreError> {
         if self.armed.swap(false, Ordering::SeqCst) {
-            let value = self.interference.lock().unwrap().take();
+            let value = self.value.lock().unwrap().take();
             if let Some(value) = value {
-                self.inner.put(&self.state_key, value, None).await?;
+                inner.put(&self.state_key, value, None).await?;
             }
         }
-        self.inner.txn(txn).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.revoke_lease(lease).await
-    }
-    async fn watch_prefix(&self, prefix: &str, start: Option<Revision>) -> Result<WatchStream, StoreError> {
-        self.inner.watch_prefix(prefix, start).await
-    }
-    fn kind(&self) -> &'static str {
-        "interfering"
+        Ok(())
     }
 }
 
 #[tokio::test]
 async fn a_concurrent_leader_write_is_retried_or_refused_on_the_new_state() {
-    let interfering = Arc::new(InterferingStore {
-        inner: EmbeddedStore::in_memory(),
+    let interfering = Arc::new(TxnHookStore::in_memory(Interference {
         state_key: keys().state(),
-        interference: Default::default(),
+        value: Default::default(),
         armed: AtomicBool::new(false),
-    });
+    }));
     let api = serve(interfering.clone(), StaticClusters::replica_sets(), "node-a").await;
     api.post("start", START).await.assert_ok();
 
@@ -987,8 +956,8 @@ async fn a_concurrent_leader_write_is_retried_or_refused_on_the_new_state() {
     let mut moved = api.state().await;
     moved.phase = Phase::Snapshot;
     moved.setup_step = model::SetupStep::Planned;
-    *interfering.interference.lock().unwrap() = Some(model::encode(&moved));
-    interfering.armed.store(true, Ordering::SeqCst);
+    *interfering.hook.value.lock().unwrap() = Some(model::encode(&moved));
+    interfering.hook.armed.store(true, Ordering::SeqCst);
     api.post("pause", "{}").await.assert_ok();
     let doc = api.state().await;
     assert_eq!(
@@ -1003,8 +972,8 @@ async fn a_concurrent_leader_write_is_retried_or_refused_on_the_new_state() {
         failure: Some(Failure { error: "X".into(), description: "y".into(), namespace: None, range: None, at_ms: 1 }),
         ..doc.clone()
     };
-    *interfering.interference.lock().unwrap() = Some(model::encode(&failed));
-    interfering.armed.store(true, Ordering::SeqCst);
+    *interfering.hook.value.lock().unwrap() = Some(model::encode(&failed));
+    interfering.hook.armed.store(true, Ordering::SeqCst);
     api.post("resume", "{}").await.assert_error(409, "InvalidState", "FAILED");
     assert_eq!(api.state().await, failed);
 }

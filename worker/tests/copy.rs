@@ -128,7 +128,7 @@ async fn a_document_of_almost_16_mb_is_copied_alone() {
     let ctx = coordination.context(&world, TaskId(1), small_batches(100)).await;
     copy::run_copy(&ctx, &copy_task(&ns, IdRange::whole_collection(), false)).await.expect("copy");
     // Batches: [1], [2] (too big to join), [3]: one checkpoint each plus the final one.
-    assert_eq!(coordination.store.checkpoint_writes(), 4);
+    assert_eq!(coordination.store.hook.checkpoint_writes(), 4);
     let detail = copy_checkpoint(&coordination.checkpoint(TaskId(1)).await.expect("checkpoint"));
     assert_eq!(detail.documents_copied, 3);
     assert!(detail.bytes_copied > 16_000_000, "{}", detail.bytes_copied);
@@ -149,7 +149,10 @@ async fn a_fenced_copy_stops_at_once_and_the_next_holder_recopies_at_most_one_ba
     let coordination = Coordination::new().await;
     // The 4th checkpoint write finds the claim gone: batch 4 is on the destination, its
     // checkpoint is not.
-    coordination.store.on_checkpoint(Box::new(|n| if n == 4 { HookAction::FenceBefore } else { HookAction::Pass }));
+    coordination
+        .store
+        .hook
+        .on_checkpoint(Box::new(|n| if n == 4 { HookAction::FenceBefore } else { HookAction::Pass }));
     let task = TaskId(7);
     let first = coordination.context(&world, task, small_batches(100)).await;
     let error = copy::run_copy(&first, &copy_task(&ns, IdRange::whole_collection(), false))
@@ -165,7 +168,7 @@ async fn a_fenced_copy_stops_at_once_and_the_next_holder_recopies_at_most_one_ba
         .await
         .expect("count");
     assert_eq!(destination_count, 400);
-    assert_eq!(coordination.store.checkpoint_writes(), 4);
+    assert_eq!(coordination.store.hook.checkpoint_writes(), 4);
     let stored = copy_checkpoint(&coordination.checkpoint(task).await.expect("checkpoint"));
     assert_eq!(stored.documents_copied, 300);
     assert_eq!(stored.last_id.as_ref().map(|id| id.0.clone()), Some(Bson::Int32(299)));
@@ -194,7 +197,7 @@ async fn dropped_connections_and_a_step_down_mid_copy_lose_nothing() {
     let coordination = Coordination::new().await;
     let source = world.source_server();
     let destination = world.destination_server();
-    coordination.store.on_checkpoint(Box::new(move |n| {
+    coordination.store.hook.on_checkpoint(Box::new(move |n| {
         match n {
             3 => source.drop_all_connections(),
             6 => destination.step_down(Duration::from_millis(300)),
@@ -240,11 +243,11 @@ async fn a_cancelled_copy_returns_cancelled_and_a_done_task_is_not_copied_again(
     let ctx = coordination.context(&world, TaskId(5), small_batches(10)).await;
     copy::run_copy(&ctx, &copy_task(&ns, IdRange::whole_collection(), false)).await.expect("copy");
     coordination.release(TaskId(5)).await;
-    let writes = coordination.store.checkpoint_writes();
+    let writes = coordination.store.hook.checkpoint_writes();
     // A second run of a finished task only confirms the Done checkpoint.
     let ctx = coordination.context(&world, TaskId(5), small_batches(10)).await;
     copy::run_copy(&ctx, &copy_task(&ns, IdRange::whole_collection(), false)).await.expect("done again");
-    assert_eq!(coordination.store.checkpoint_writes(), writes + 1);
+    assert_eq!(coordination.store.hook.checkpoint_writes(), writes + 1);
     let detail = copy_checkpoint(&coordination.checkpoint(TaskId(5)).await.expect("checkpoint"));
     assert_eq!((detail.documents_copied, detail.documents_recopied), (50, 0));
 }
@@ -270,7 +273,10 @@ async fn a_natural_order_copy_restarts_from_the_beginning_and_skips_duplicates()
         .expect("create destination capped");
 
     let coordination = Coordination::new().await;
-    coordination.store.on_checkpoint(Box::new(|n| if n == 2 { HookAction::FenceBefore } else { HookAction::Pass }));
+    coordination
+        .store
+        .hook
+        .on_checkpoint(Box::new(|n| if n == 2 { HookAction::FenceBefore } else { HookAction::Pass }));
     let task = TaskId(9);
     let first = coordination.context(&world, task, small_batches(50)).await;
     let error = copy::run_copy(&first, &copy_task(&ns, IdRange::whole_collection(), true)).await.expect_err("fenced");
@@ -339,7 +345,10 @@ async fn a_resumed_copy_into_a_time_series_collection_does_not_duplicate_measure
 
     let coordination = Coordination::new().await;
     // Batch 3 lands without its checkpoint; the time-series collection would accept it twice.
-    coordination.store.on_checkpoint(Box::new(|n| if n == 3 { HookAction::FenceBefore } else { HookAction::Pass }));
+    coordination
+        .store
+        .hook
+        .on_checkpoint(Box::new(|n| if n == 3 { HookAction::FenceBefore } else { HookAction::Pass }));
     let task = TaskId(11);
     let first = coordination.context(&world, task, small_batches(50)).await;
     let error = copy::run_copy(&first, &copy_task(&ns, IdRange::whole_collection(), false)).await.expect_err("fenced");

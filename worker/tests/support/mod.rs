@@ -20,7 +20,8 @@ use clustersync_common::keys::Keys;
 use clustersync_common::model::{self, StartOptions, SyncStateDoc, TaskCheckpoint};
 use clustersync_common::namespace::{Namespace, NamespaceFilter};
 use clustersync_common::store::embedded::EmbeddedStore;
-use clustersync_common::store::{KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnOp, TxnResponse, WatchStream};
+use clustersync_common::store::{LeaseId, Store, StoreError, Txn, TxnOp};
+use clustersync_common::testing::{BeforeTxn, TxnHookStore};
 use clustersync_worker::context::{CheckpointWriter, TaskContext, TaskCounters};
 use clustersync_worker::mongo::{self, Clusters, CopyReadPreference};
 use clustersync_worker::settings::WorkerSettings;
@@ -148,19 +149,15 @@ pub enum HookAction {
     FenceBefore,
 }
 
-/// A store that delegates to the embedded store and lets a test act on checkpoint writes.
-pub struct HookedStore {
-    inner: EmbeddedStore,
+/// Counts checkpoint writes and runs the test's [`CheckpointHook`] on each.
+#[derive(Default)]
+pub struct CheckpointHooks {
     checkpoint_writes: AtomicU64,
     /// Set once, before the task runs.
     hook: OnceLock<CheckpointHook>,
 }
 
-impl HookedStore {
-    pub fn new() -> Self {
-        Self { inner: EmbeddedStore::in_memory(), checkpoint_writes: AtomicU64::new(0), hook: OnceLock::new() }
-    }
-
+impl CheckpointHooks {
     /// Sets the hook run on every checkpoint write.
     pub fn on_checkpoint(&self, hook: CheckpointHook) {
         assert!(self.hook.set(hook).is_ok(), "hook already set");
@@ -180,50 +177,23 @@ fn claim_compare_key(txn: &Txn) -> Option<String> {
 }
 
 #[async_trait]
-impl Store for HookedStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        self.inner.get_prefix(prefix).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> Result<u64, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        if checkpoint_put(&txn) {
+impl BeforeTxn for CheckpointHooks {
+    async fn before_txn(&self, inner: &EmbeddedStore, txn: &Txn) -> Result<(), StoreError> {
+        if checkpoint_put(txn) {
             let n = self.checkpoint_writes.fetch_add(1, Ordering::SeqCst) + 1;
             let action = self.hook.get().map_or(HookAction::Pass, |hook| hook(n));
             if action == HookAction::FenceBefore
-                && let Some(claim_key) = claim_compare_key(&txn)
+                && let Some(claim_key) = claim_compare_key(txn)
             {
-                self.inner.delete(&claim_key).await?;
+                inner.delete(&claim_key).await?;
             }
         }
-        self.inner.txn(txn).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.revoke_lease(lease).await
-    }
-    async fn watch_prefix(&self, prefix: &str, start_revision: Option<Revision>) -> Result<WatchStream, StoreError> {
-        self.inner.watch_prefix(prefix, start_revision).await
-    }
-    fn kind(&self) -> &'static str {
-        "hooked-embedded"
+        Ok(())
     }
 }
+
+/// The embedded store, letting a test act on checkpoint writes (`store.hook`).
+pub type HookedStore = TxnHookStore<CheckpointHooks>;
 
 /// The coordination side of a test: a store, a lease and the migration's keys.
 pub struct Coordination {
@@ -235,7 +205,7 @@ pub struct Coordination {
 
 impl Coordination {
     pub async fn new() -> Coordination {
-        let store = Arc::new(HookedStore::new());
+        let store = Arc::new(HookedStore::in_memory(CheckpointHooks::default()));
         let lease = store.grant_lease(Duration::from_secs(600)).await.expect("grant a lease");
         let keys = Keys::new("/clustersync-test", &MigrationId::new("m1").expect("migration id")).expect("keys");
         Coordination { store, keys, lease, holder: InstanceId::new("worker-1").expect("instance id") }
