@@ -32,7 +32,7 @@ use clustersync_common::model::{
 };
 use clustersync_common::namespace::{INTERNAL_DATABASE, Namespace, NamespaceFilter};
 use clustersync_common::state_watch::{self, Versioned};
-use clustersync_common::store::{Compare, CompareOp, Store, Txn, TxnOp};
+use clustersync_common::store::{Compare, CompareOp, Store, Txn, TxnOp, TxnResponse};
 use clustersync_common::time_constants;
 use clustersync_worker::error::WorkerError;
 use clustersync_worker::mongo::Clusters;
@@ -220,10 +220,11 @@ impl Term<'_> {
                 Compare::create_revision(self.keys().leader(), CompareOp::Equal, self.token.0),
                 Compare::mod_revision(state_key, CompareOp::Equal, current.mod_revision),
             ])
-            .and_then(extra);
+            .and_then(extra)
+            .or_else(self.conflict_probe());
         let response = self.store().txn(txn).await?;
         if !response.succeeded {
-            return Err(LeaderError::Conflict);
+            return Err(self.conflict(current, &response));
         }
         // The txn wrote the state key, so its revision is the document's new mod_revision.
         self.written_revision.fetch_max(response.revision, Ordering::SeqCst);
@@ -245,13 +246,40 @@ impl Term<'_> {
                     Compare::create_revision(self.keys().leader(), CompareOp::Equal, self.token.0),
                     Compare::mod_revision(self.keys().state(), CompareOp::Equal, current.mod_revision),
                 ])
-                .and_then(chunk.to_vec());
-            if !self.store().txn(txn).await?.succeeded {
+                .and_then(chunk.to_vec())
+                .or_else(self.conflict_probe());
+            let response = self.store().txn(txn).await?;
+            if !response.succeeded {
                 // Lost the leadership (the loop notices) or the state moved on: re-read, redo.
-                return Err(LeaderError::Conflict);
+                return Err(self.conflict(current, &response));
             }
         }
         Ok(())
+    }
+
+    /// The failure branch of a fenced txn: reads the leader key and the state document, so a
+    /// conflict can say which of the two moved.
+    fn conflict_probe(&self) -> [TxnOp; 2] {
+        [TxnOp::get(self.keys().leader()), TxnOp::get(self.keys().state())]
+    }
+
+    /// Logs what a fenced txn found instead of what the step was computed from, and returns
+    /// [`LeaderError::Conflict`]. Why at info: a conflict makes the leader redo a step (planning
+    /// again, for one), which costs time on big clusters; the log says who moved the state.
+    fn conflict(&self, current: &Versioned<SyncStateDoc>, response: &TxnResponse) -> LeaderError {
+        let leader = response.kvs(0).and_then(|kvs| kvs.first());
+        let state = response.kvs(1).and_then(|kvs| kvs.first());
+        let found: Option<SyncStateDoc> = state.and_then(|kv| model::decode(&kv.key, &kv.value).ok());
+        info!(
+            expected_token = %self.token,
+            leader_create_revision = leader.map(|kv| kv.create_revision),
+            expected_state_revision = current.mod_revision,
+            state_revision = state.map(|kv| kv.mod_revision),
+            expected = ?(current.value.state, current.value.phase, current.value.setup_step),
+            found = ?found.as_ref().map(|doc| (doc.state, doc.phase, doc.setup_step)),
+            "fenced write refused: the leadership or the state document moved since the step read it"
+        );
+        LeaderError::Conflict
     }
 
     async fn fail(&self, current: &Versioned<SyncStateDoc>, failure: Failure) -> Result<(), LeaderError> {
