@@ -196,15 +196,12 @@ impl EtcdStore {
             }
             // etcd sorts a range by key, ascending, by default.
             let response = self.call("get prefix", kv.get(from.clone(), Some(options))).await?;
-            let page = convert_kvs(response.kvs())?;
             let at = *revision.get_or_insert_with(|| header_revision(response.header()));
-            let last = response.kvs().last().map(|kv| kv.key().to_vec());
-            kvs.extend(page);
-            match last {
-                Some(mut last) if response.more() => {
+            kvs.extend(convert_kvs(response.kvs())?);
+            match kvs.last() {
+                Some(last) if response.more() => {
                     // The next page starts right after the last key read.
-                    last.push(0);
-                    from = last;
+                    from = [last.key.as_bytes(), &[0]].concat();
                 }
                 _ => return Ok((kvs, at)),
             }
